@@ -1,0 +1,50 @@
+# The two commands of the README: `make up` (install + run) and `make test` (the whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := $(shell grep -E '^torch==' requirements.lock)
+
+.PHONY: install up down status demo test lint format bench clean
+
+install: $(VENV)/.installed
+
+# torch comes through pip: pip honours a machine's local wheel cache (find-links) and on a
+# plain machine takes PyPI's build; uv then installs the rest of the lock, torch already there.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "ERROR: Java (17+) is required by Spark but 'java' is not on PATH."; \
+	  echo "       Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless"; \
+	  echo "       macOS: brew install openjdk@17"; exit 1; }
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "ERROR: $(PYTHON) not found (Python 3.11 is required)."; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv "$(TORCH)"
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install --quiet -r requirements.lock
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install --quiet --no-deps -e .
+	@touch $@
+
+up: install
+	$(BIN)/python -m pipelines services up
+
+down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines services down; fi
+
+status: install
+	$(BIN)/python -m pipelines services status
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: install lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean: down
+	rm -rf var

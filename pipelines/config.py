@@ -1,0 +1,145 @@
+"""The one settings object of the platform.
+
+Every value has an embedded default and can be overridden by an environment variable named
+``FRAUD_<FIELD>`` (e.g. ``FRAUD_SEED=3``), by a ``.env`` file in the project root, or by the
+runtime file ``var/runtime.env`` that ``make up`` writes once (it pins the history start so the
+Airflow ``start_date`` never moves between parses). Precedence: environment > .env > runtime file
+> defaults.
+
+This module must stay cheap to import: DAG files import it at parse time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FRAUD_",
+        extra="ignore",
+    )
+
+    # --- where things live --------------------------------------------------------------
+    home: Path = Field(
+        default_factory=lambda: PROJECT_ROOT / "var",
+        description="Root of all runtime state (ignored by git).",
+    )
+    data_dir: Path | None = Field(None, description="Data lake root; default `<home>/data`.")
+    airflow_home: Path | None = Field(None, description="AIRFLOW_HOME; default `<home>/airflow`.")
+
+    # --- simulator (handbook defaults) ----------------------------------------------------
+    seed: int = Field(0, description="Seed of the transaction simulator.")
+    n_customers: int = Field(5_000, ge=1, description="Number of simulated customers.")
+    n_terminals: int = Field(10_000, ge=1, description="Number of simulated terminals.")
+    terminal_radius: float = Field(
+        5.0, gt=0, description="A customer uses terminals strictly closer than this."
+    )
+    sim_start: dt.date | None = Field(
+        None, description="Day 0 of the simulation calendar; default = history start."
+    )
+
+    # --- history / schedule -------------------------------------------------------------
+    history_days: int = Field(
+        60, ge=1, description="Days of history the first start backfills (Airflow catchup)."
+    )
+    history_start: dt.date | None = Field(
+        None,
+        description="First ingested day. Pinned in var/runtime.env by `make up` "
+        "(today - history_days) so the DAG start_date never shifts.",
+    )
+    label_delay_days: int = Field(
+        7, ge=0, description="Days until a day's fraud labels arrive (chargeback delay)."
+    )
+
+    # --- drift scenarios (off unless a start date is set) --------------------------------
+    drift_spending_from: dt.date | None = Field(
+        None, description="(i) From this day a share of customers spend more."
+    )
+    drift_spending_share: float = Field(0.3, ge=0, le=1, description="(i) Share of customers.")
+    drift_spending_factor: float = Field(1.5, gt=0, description="(i) Amount multiplier.")
+    drift_new_fraud_from: dt.date | None = Field(
+        None, description="(ii) From this day card-testing fraud appears."
+    )
+    drift_new_fraud_cards_per_day: int = Field(
+        10, ge=0, description="(ii) Cards compromised by card testing each day."
+    )
+    drift_geo_from: dt.date | None = Field(
+        None, description="(iii) From this day a share of customers move region."
+    )
+    drift_geo_share: float = Field(0.3, ge=0, le=1, description="(iii) Share of customers moved.")
+    drift_geo_shift: float = Field(35.0, description="(iii) Distance moved on each axis.")
+
+    # --- Airflow -------------------------------------------------------------------------
+    airflow_host: str = Field("127.0.0.1", description="Address the Airflow API server binds.")
+    airflow_port: int = Field(8080, description="Port of the Airflow API server and UI.")
+    airflow_worker_log_port: int = Field(8793, description="Port of the task-log server.")
+    airflow_trigger_log_port: int = Field(8794, description="Port of the triggerer log server.")
+    airflow_parallelism: int = Field(4, ge=1, description="Airflow task slots (2 cores).")
+    airflow_database_url: str | None = Field(
+        None, description="Airflow metadata DB; default SQLite in `<airflow_home>`."
+    )
+    airflow_user: str = Field("admin", description="UI/API login (password is generated).")
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        self.home = self.home.resolve()
+        if self.data_dir is None:
+            self.data_dir = self.home / "data"
+        if self.airflow_home is None:
+            self.airflow_home = self.home / "airflow"
+        return self
+
+    # Derived values are properties, not fields, so they cannot disagree with their inputs.
+    @property
+    def history_start_date(self) -> dt.date:
+        """The pinned history start; the handbook's first day if nothing pinned it yet."""
+        return self.history_start or dt.date(2018, 4, 1)
+
+    @property
+    def sim_start_date(self) -> dt.date:
+        return self.sim_start or self.history_start_date
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.data_dir / "lake"
+
+    @property
+    def raw_transactions_dir(self) -> Path:
+        return self.lake_dir / "raw" / "transactions"
+
+    @property
+    def raw_labels_dir(self) -> Path:
+        return self.lake_dir / "raw" / "labels"
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.data_dir / "landing"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def runtime_env_file(self) -> Path:
+        return self.home / "runtime.env"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests call ``get_settings.cache_clear()``)."""
+    return load_settings()
+
+
+def load_settings() -> Settings:
+    """Fresh settings from the environment and the env files (later files win)."""
+    home = Path(os.environ.get("FRAUD_HOME", PROJECT_ROOT / "var"))
+    return Settings(_env_file=(home / "runtime.env", PROJECT_ROOT / ".env"))
