@@ -1,0 +1,1 @@
+"""Getting transactions into the raw lake: from the simulator, or from a landing folder."""

@@ -1,0 +1,69 @@
+"""Daily ingest from the simulator: one day's transactions, and the labels that arrive that day.
+
+Labels arrive ``label_delay_days`` after the transactions they describe, as chargebacks do: the
+run for day *d* writes transactions of *d* and labels of *d - delay*. Both writes are atomic
+overwrites of the partition file this source owns, so any rerun is a no-op in effect.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.config import Settings
+from pipelines.ingest import schema
+from pipelines.lake import part_path, write_parquet_atomic
+from pipelines.simulate import SimulationConfig, TransactionSimulator
+
+log = logging.getLogger(__name__)
+SOURCE = "simulated"
+
+
+@dataclass(frozen=True)
+class DayIngestResult:
+    day: dt.date
+    transactions: int
+    transactions_path: Path
+    labels_day: dt.date | None
+    labels: int
+    labels_path: Path | None
+
+
+def label_table(frame: pd.DataFrame, available_at: dt.datetime) -> pa.Table:
+    labels = frame[["transaction_id", "tx_fraud", "tx_fraud_scenario"]].copy()
+    labels["label_available_at"] = pd.Timestamp(available_at)
+    return pa.Table.from_pandas(labels, schema=schema.LABELS, preserve_index=False)
+
+
+def ingest_simulated_day(
+    day: dt.date, settings: Settings, simulator: TransactionSimulator | None = None
+) -> DayIngestResult:
+    """Write day ``day`` of the simulator to the raw lake, plus the labels arriving that day."""
+    sim = simulator or TransactionSimulator(SimulationConfig.from_settings(settings))
+    frame = sim.generate_day(day)
+    tx = pa.Table.from_pandas(
+        frame[schema.TRANSACTIONS.names], schema=schema.TRANSACTIONS, preserve_index=False
+    )
+    tx_path = write_parquet_atomic(tx, part_path(settings.raw_transactions_dir, day, SOURCE))
+    log.info("wrote %d transactions of %s to %s", tx.num_rows, day, tx_path)
+
+    labels_day = day - dt.timedelta(days=settings.label_delay_days)
+    labels_path, n_labels = None, 0
+    # Labels exist only for days the simulated history covers.
+    if labels_day >= settings.sim_start_date:
+        labelled = frame if labels_day == day else sim.generate_day(labels_day)
+        arrival = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
+        labels = label_table(labelled, arrival)
+        labels_path = write_parquet_atomic(
+            labels, part_path(settings.raw_labels_dir, labels_day, SOURCE)
+        )
+        n_labels = labels.num_rows
+        log.info("wrote %d labels of %s (arrived %s) to %s", n_labels, labels_day, day, labels_path)
+    return DayIngestResult(
+        day, tx.num_rows, tx_path, labels_day if labels_path else None, n_labels, labels_path
+    )

@@ -1,0 +1,97 @@
+"""The raw lake: date-partitioned Parquet, written atomically.
+
+Layout (Hive-style, so DuckDB, Spark and dbt read it as partitioned datasets)::
+
+    <lake>/raw/transactions/date=YYYY-MM-DD/part-<source>.parquet
+    <lake>/raw/labels/date=YYYY-MM-DD/part-<source>.parquet   (date = transaction day)
+
+One file per (partition, source): a rerun replaces exactly the file it wrote before, so reruns
+never duplicate rows. Files are written under a hidden temporary name and renamed into place:
+readers (who glob ``*.parquet``) see the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TMP_SUFFIX = ".tmp"
+
+
+def partition_dir(table_dir: Path, day: dt.date) -> Path:
+    return table_dir / f"date={day.isoformat()}"
+
+
+def part_path(table_dir: Path, day: dt.date, source: str) -> Path:
+    return partition_dir(table_dir, day) / f"part-{source}.parquet"
+
+
+def remove_stale_tmp(directory: Path) -> int:
+    """Delete temporary files a killed writer left behind; returns how many."""
+    if not directory.is_dir():
+        return 0
+    stale = [
+        p for p in directory.iterdir() if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
+    ]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+    """Write ``table`` to ``path`` so that ``path`` is either the old or the complete new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path.parent)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+    try:
+        pq.write_table(table, tmp, coerce_timestamps="us", allow_truncated_timestamps=False)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    name: str
+    partitions: int
+    rows: int
+    first: dt.date | None
+    last: dt.date | None
+    missing_days: list[dt.date]
+
+
+def table_status(table_dir: Path, name: str) -> TableStatus:
+    """Partitions, row count (from Parquet footers, no data read) and gaps of one lake table."""
+    days: list[dt.date] = []
+    rows = 0
+    if table_dir.is_dir():
+        for part in sorted(table_dir.glob("date=*")):
+            files = list(part.glob("*.parquet"))
+            if not files:
+                continue
+            days.append(dt.date.fromisoformat(part.name.removeprefix("date=")))
+            rows += sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    missing: list[dt.date] = []
+    if days:
+        present = set(days)
+        span = (days[-1] - days[0]).days
+        missing = [
+            d for d in (days[0] + dt.timedelta(days=i) for i in range(span + 1)) if d not in present
+        ]
+    return TableStatus(
+        name=name,
+        partitions=len(days),
+        rows=rows,
+        first=days[0] if days else None,
+        last=days[-1] if days else None,
+        missing_days=missing,
+    )
