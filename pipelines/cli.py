@@ -1,0 +1,184 @@
+"""Command line of every stage: ``python -m pipelines --help`` (or the ``fraud`` script).
+
+Each command runs without Airflow; the DAGs call the same functions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from pipelines.config import get_settings
+
+app = typer.Typer(help="Card-fraud platform: every pipeline stage from the command line.")
+ingest_app = typer.Typer(help="Write transactions and labels into the raw lake.")
+lake_app = typer.Typer(help="Inspect the raw lake.")
+services_app = typer.Typer(help="Start and stop the local services (Airflow).")
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(lake_app, name="lake")
+app.add_typer(services_app, name="services")
+console = Console()
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
+
+
+def _progress() -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _days(first: dt.date, last: dt.date) -> list[dt.date]:
+    if last < first:
+        raise typer.BadParameter(f"end {last} is before start {first}")
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+@app.command()
+def simulate(
+    start: dt.datetime = typer.Option(..., formats=["%Y-%m-%d"], help="First day."),
+    end: dt.datetime = typer.Option(..., formats=["%Y-%m-%d"], help="Last day (inclusive)."),
+    out: Path = typer.Option(..., help="Parquet file to write (labels included)."),
+) -> None:
+    """Simulate a range of days into one Parquet file, outside the lake."""
+    import pyarrow as pa
+
+    from pipelines.lake import write_parquet_atomic
+    from pipelines.simulate import SimulationConfig, TransactionSimulator
+
+    sim = TransactionSimulator(SimulationConfig.from_settings(get_settings()))
+    days = _days(start.date(), end.date())
+    frames = []
+    with _progress() as progress:
+        task = progress.add_task("simulating", total=len(days))
+        for _, frame in sim.iter_days(days[0], days[-1]):
+            frames.append(pa.Table.from_pandas(frame, preserve_index=False))
+            progress.advance(task)
+    table = pa.concat_tables(frames)
+    write_parquet_atomic(table, out)
+    frauds = sum(f.column("tx_fraud").to_numpy().sum() for f in frames)
+    console.print(f"{table.num_rows:,} transactions, {frauds:,} frauds -> {out}")
+
+
+@ingest_app.command("day")
+def ingest_day(
+    day: dt.datetime = typer.Argument(..., formats=["%Y-%m-%d"], help="Day to ingest."),
+) -> None:
+    """Ingest one simulated day (and the labels that arrive that day)."""
+    from pipelines.ingest.simulated import ingest_simulated_day
+
+    r = ingest_simulated_day(day.date(), get_settings())
+    console.print(f"{r.day}: {r.transactions:,} transactions -> {r.transactions_path}")
+    if r.labels_path:
+        console.print(f"labels of {r.labels_day}: {r.labels:,} -> {r.labels_path}")
+
+
+@ingest_app.command("range")
+def ingest_range(
+    start: dt.datetime = typer.Option(..., formats=["%Y-%m-%d"], help="First day."),
+    end: dt.datetime = typer.Option(..., formats=["%Y-%m-%d"], help="Last day (inclusive)."),
+) -> None:
+    """Ingest a range of simulated days, as a backfill of the daily DAG would."""
+    from pipelines.ingest.simulated import ingest_simulated_day
+    from pipelines.simulate import SimulationConfig, TransactionSimulator
+
+    settings = get_settings()
+    sim = TransactionSimulator(SimulationConfig.from_settings(settings))
+    days = _days(start.date(), end.date())
+    total = 0
+    with _progress() as progress:
+        task = progress.add_task("ingesting", total=len(days))
+        for day in days:
+            total += ingest_simulated_day(day, settings, simulator=sim).transactions
+            progress.advance(task)
+    console.print(f"{len(days)} days, {total:,} transactions -> {settings.raw_transactions_dir}")
+
+
+@ingest_app.command("landing")
+def ingest_landing_files() -> None:
+    """Validate and ingest the files waiting in the landing folder."""
+    from pipelines.ingest.landing import ingest_landing
+
+    settings = get_settings()
+    report = ingest_landing(settings)
+    for name, rows in report.ingested.items():
+        console.print(f"[green]ingested[/] {name}: {rows:,} rows")
+    for name, problems in report.quarantined.items():
+        console.print(f"[red]quarantined[/] {name}: {'; '.join(problems)}")
+    if not report.ingested and not report.quarantined:
+        console.print(f"no files in {settings.landing_dir}")
+
+
+@lake_app.command("status")
+def lake_status() -> None:
+    """Partitions, rows and gaps of the raw lake tables."""
+    from pipelines.lake import table_status
+
+    s = get_settings()
+    table = Table("table", "partitions", "rows", "first day", "last day", "missing days")
+    for name, folder in (("transactions", s.raw_transactions_dir), ("labels", s.raw_labels_dir)):
+        st = table_status(folder, name)
+        missing = ", ".join(map(str, st.missing_days[:5])) + (
+            " …" if len(st.missing_days) > 5 else ""
+        )
+        table.add_row(
+            name, str(st.partitions), f"{st.rows:,}", str(st.first), str(st.last), missing
+        )
+    console.print(table)
+    console.print(f"lake: {s.lake_dir}")
+
+
+@services_app.command("up")
+def services_up() -> None:
+    """Initialise the runtime folder, start Airflow, wait until healthy, print the URLs."""
+    from pipelines.platform.airflow import AirflowServices
+    from pipelines.platform.runtime import initialise
+
+    settings = initialise(get_settings())
+    airflow = AirflowServices(settings)
+    with console.status("starting Airflow (api-server, scheduler, dag-processor, triggerer)…"):
+        airflow.up()
+    login = airflow.login()
+    console.print(f"[green]Airflow is healthy[/]  UI: {airflow.base_url}")
+    console.print(f"  login: {login.username} / {login.password}")
+    console.print(f"  history: daily ingest backfills from {settings.history_start_date}")
+    console.print(f"  logs: {settings.home / 'logs'}   stop: make down")
+
+
+@services_app.command("down")
+def services_down() -> None:
+    """Stop the services `up` started (by PID file)."""
+    from pipelines.platform.airflow import AirflowServices
+
+    stopped = AirflowServices(get_settings()).down()
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@services_app.command("status")
+def services_status() -> None:
+    """Which services run, and Airflow's health."""
+    from pipelines.platform.airflow import AirflowServices
+
+    airflow = AirflowServices(get_settings())
+    for proc in airflow.processes():
+        console.print(
+            f"{proc.name:24} {'running pid ' + str(proc.pid()) if proc.is_running() else 'stopped'}"
+        )
+    console.print(f"health: {airflow.health()}")

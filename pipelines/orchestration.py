@@ -1,0 +1,25 @@
+"""What the DAG files share: Assets and default task arguments.
+
+Imported at DAG parse time, so it must stay light (no pandas, no Spark, no torch).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Asset
+
+# Data-aware scheduling: producers list these as outlets, consumers schedule on them.
+RAW_TRANSACTIONS = Asset(name="raw_transactions", uri="lake://raw/transactions")
+RAW_LABELS = Asset(name="raw_labels", uri="lake://raw/labels")
+
+DEFAULT_ARGS = {
+    "owner": "fraud-platform",
+    "retries": 2,
+    "retry_delay": dt.timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+}
+
+
+def utc_midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.UTC)
