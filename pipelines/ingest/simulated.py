@@ -44,6 +44,11 @@ def ingest_simulated_day(
     day: dt.date, settings: Settings, simulator: TransactionSimulator | None = None
 ) -> DayIngestResult:
     """Write day ``day`` of the simulator to the raw lake, plus the labels arriving that day."""
+    if day < settings.sim_start_date:
+        raise ValueError(
+            f"{day} is before the simulation calendar starts ({settings.sim_start_date}); "
+            "set FRAUD_SIM_START earlier to simulate it"
+        )
     sim = simulator or TransactionSimulator(SimulationConfig.from_settings(settings))
     frame = sim.generate_day(day)
     tx = pa.Table.from_pandas(

@@ -1,0 +1,133 @@
+"""Real Airflow: scheduler, dag-processor, triggerer and API server on a temporary home.
+
+Drives the system as a user does: logs in to the REST API (the UI's own API), triggers
+``ingest_transactions`` with a param as the UI's Trigger dialog does, and watches the runs the
+scheduler creates by itself from the catchup window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.lake import part_path
+from pipelines.platform.airflow import AirflowServices
+from tests.conftest import SMALL_WORLD, free_port
+
+pytestmark = pytest.mark.airflow
+HISTORY_DAYS = 2
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory):
+    from pipelines.config import load_settings
+
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("airflow-e2e")
+        start = dt.date.today() - dt.timedelta(days=HISTORY_DAYS)
+        env = {
+            "FRAUD_HOME": str(home),
+            "FRAUD_HISTORY_START": start.isoformat(),
+            "FRAUD_AIRFLOW_PORT": str(free_port()),
+            "FRAUD_AIRFLOW_WORKER_LOG_PORT": str(free_port()),
+            "FRAUD_AIRFLOW_TRIGGER_LOG_PORT": str(free_port()),
+            **SMALL_WORLD,
+        }
+        for key, value in env.items():
+            mp.setenv(key, value)
+        services = AirflowServices(load_settings())
+        try:
+            services.up(timeout=240)
+            yield services
+        finally:
+            services.down()
+
+
+@pytest.fixture(scope="module")
+def api(airflow) -> httpx.Client:
+    with airflow.client() as client:
+        yield client
+
+
+def _wait_for_run(api: httpx.Client, dag_id: str, run_id: str, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api.get(f"/dags/{dag_id}/dagRuns/{run_id}").json()
+        if run["state"] in ("success", "failed"):
+            return run
+        time.sleep(2)
+    raise AssertionError(f"{dag_id} run {run_id} still {run['state']} after {timeout}s")
+
+
+def test_login_is_required(airflow):
+    anonymous = httpx.get(f"{airflow.base_url}/api/v2/dags", timeout=10)
+    assert anonymous.status_code in (401, 403)
+    bad = httpx.post(
+        f"{airflow.base_url}/auth/token",
+        json={"username": airflow.login().username, "password": "wrong"},
+        timeout=10,
+    )
+    assert bad.status_code in (401, 403)
+
+
+def test_scheduler_backfills_the_history_window_by_itself(airflow, api):
+    deadline = time.monotonic() + 240
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = api.get(
+            "/dags/ingest_transactions/dagRuns", params={"run_type": "scheduled"}
+        ).json()["dag_runs"]
+        if len(runs) >= HISTORY_DAYS and all(r["state"] == "success" for r in runs):
+            break
+        assert not any(r["state"] == "failed" for r in runs), runs
+        time.sleep(2)
+    assert len(runs) >= HISTORY_DAYS and all(r["state"] == "success" for r in runs), runs
+    settings = airflow.settings
+    for run in runs:
+        day = dt.datetime.fromisoformat(run["data_interval_start"]).date()
+        path = part_path(settings.raw_transactions_dir, day, "simulated")
+        assert pq.read_table(path).num_rows > 0
+
+
+def test_trigger_with_a_day_param_as_the_ui_does(airflow, api):
+    day = dt.date.today().isoformat()  # inside the simulated calendar, not yet scheduled
+    assert api.patch("/dags/ingest_transactions", json={"is_paused": False}).status_code == 200
+    created = api.post(
+        "/dags/ingest_transactions/dagRuns",
+        json={"logical_date": None, "conf": {"day": day}},
+    )
+    assert created.status_code == 200, created.text
+    run = _wait_for_run(api, "ingest_transactions", created.json()["dag_run_id"])
+    assert run["state"] == "success"
+    path = part_path(airflow.settings.raw_transactions_dir, dt.date.fromisoformat(day), "simulated")
+    table = pq.read_table(path)
+    assert table.num_rows > 0
+    assert {d.date().isoformat() for d in table.column("tx_datetime").to_pylist()} == {day}
+    # The task's return value is what the UI shows as its XCom.
+    xcom = api.get(
+        f"/dags/ingest_transactions/dagRuns/{run['dag_run_id']}/taskInstances/ingest_day"
+        "/xcomEntries/return_value"
+    ).json()
+    assert xcom["value"]["transactions"] == table.num_rows
+
+
+def test_invalid_param_is_refused_before_anything_runs(api):
+    refused = api.post(
+        "/dags/ingest_transactions/dagRuns",
+        json={"logical_date": None, "conf": {"day": "not-a-date"}},
+    )
+    assert refused.status_code == 400, refused.text
+
+
+def test_down_stops_every_process_it_started(airflow):
+    pids = [p.pid() for p in airflow.processes()]
+    assert all(pids)
+    stopped = airflow.down()
+    assert len(stopped) == 4
+    import psutil
+
+    assert not any(psutil.pid_exists(pid) for pid in pids)
