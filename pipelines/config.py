@@ -78,6 +78,16 @@ class Settings(BaseSettings):
     drift_geo_share: float = Field(0.3, ge=0, le=1, description="(iii) Share of customers moved.")
     drift_geo_shift: float = Field(35.0, description="(iii) Distance moved on each axis.")
 
+    # --- transformation and features ---------------------------------------------------
+    warehouse_path: Path | None = Field(
+        None,
+        description="DuckDB file dbt builds (one writer); default `<home>/warehouse/fraud.duckdb`.",
+    )
+    spark_master: str = Field(
+        "local[2]", description="Spark master: local[N] or spark://host:port."
+    )
+    spark_driver_memory: str = Field("2g", description="Spark driver memory.")
+
     # --- Airflow -------------------------------------------------------------------------
     airflow_host: str = Field("127.0.0.1", description="Address the Airflow API server binds.")
     airflow_port: int = Field(8080, description="Port of the Airflow API server and UI.")
@@ -96,6 +106,8 @@ class Settings(BaseSettings):
             self.data_dir = self.home / "data"
         if self.airflow_home is None:
             self.airflow_home = self.home / "airflow"
+        if self.warehouse_path is None:
+            self.warehouse_path = self.home / "warehouse" / "fraud.duckdb"
         return self
 
     # Derived values are properties, not fields, so they cannot disagree with their inputs.
@@ -119,6 +131,16 @@ class Settings(BaseSettings):
     @property
     def raw_labels_dir(self) -> Path:
         return self.lake_dir / "raw" / "labels"
+
+    @property
+    def marts_dir(self) -> Path:
+        """Parquet exports of the dbt marts (what Spark reads; never the DuckDB file)."""
+        return self.lake_dir / "marts"
+
+    @property
+    def features_dir(self) -> Path:
+        """Spark's feature tables: the Feast offline sources."""
+        return self.lake_dir / "features"
 
     @property
     def landing_dir(self) -> Path:
