@@ -44,7 +44,7 @@ test: install lint
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python bench/run.py
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean: down
 	rm -rf var

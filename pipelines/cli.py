@@ -84,7 +84,11 @@ def ingest_day(
     """Ingest one simulated day (and the labels that arrive that day)."""
     from pipelines.ingest.simulated import ingest_simulated_day
 
-    r = ingest_simulated_day(day.date(), get_settings())
+    try:
+        r = ingest_simulated_day(day.date(), get_settings())
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
     console.print(f"{r.day}: {r.transactions:,} transactions -> {r.transactions_path}")
     if r.labels_path:
         console.print(f"labels of {r.labels_day}: {r.labels:,} -> {r.labels_path}")

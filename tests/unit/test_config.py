@@ -39,3 +39,13 @@ def test_first_start_pins_history_start_once(make_settings, monkeypatch):
     again = initialise(load_settings())
     assert again.history_start == pinned.history_start
     assert pinned.runtime_env_file.read_text().count("FRAUD_HISTORY_START") == 1
+
+
+def test_readme_documents_every_setting():
+    from pipelines.config import PROJECT_ROOT, Settings
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    missing = [
+        f"FRAUD_{n.upper()}" for n in Settings.model_fields if f"`FRAUD_{n.upper()}`" not in readme
+    ]
+    assert missing == []
