@@ -1,0 +1,532 @@
+"""Spark feature job: per-transaction customer and terminal features, point-in-time correct.
+
+Run it with ``spark-submit pipelines/features/job.py --marts-dir M --features-dir F
+[--label-delay-days 7]``, on ``local[*]`` or a ``spark://`` master alike. Only this file ships
+to a cluster, so it imports nothing from the ``pipelines`` package (stdlib and pyspark only);
+``pipelines.features.runner`` launches it from Python.
+
+Input: every ``*.parquet`` file under ``<marts-dir>/fct_transactions/`` (recursively; hidden
+``.``/``_`` files are skipped, so a writer's hidden temporary files are never read). One row
+per transaction. Rows missing a key (transaction_id, tx_datetime, customer_id, terminal_id,
+tx_amount) are dropped and counted in the result (dbt-duckdb exports an empty model as one
+all-NULL row); a duplicated ``transaction_id`` fails the job rather than double-count windows.
+
+Time conventions
+----------------
+* ``t`` is the transaction's ``tx_datetime`` (UTC) and is also the rows' ``event_timestamp``.
+* Windows are measured on whole seconds, ``T = unix_seconds(t)`` (sub-second digits are
+  truncated). "(t - n days, t]" means every transaction of the same key with
+  ``T - n*86400 < T' <= T``: the current transaction and every other one in the same second
+  are included, one exactly n days older is not (the handbook's pandas ``rolling('nd')`` is
+  right-closed, left-open the same way).
+* D = ``--label-delay-days`` (handbook: 7).
+* A label is *known at t* when ``tx_fraud`` and ``label_available_at`` are both present and
+  ``label_available_at <= t`` (full timestamp precision). NULL means "not arrived yet", which
+  is later than every ``t`` in the data.
+
+Features (``customer_features/``, one row per transaction)
+----------------------------------------------------------
+* ``customer_nb_tx_{n}d`` (n = 1, 7, 30): number of the customer's transactions in
+  (t - n days, t].
+* ``customer_avg_amount_{n}d``: mean ``tx_amount`` of those transactions (never NULL: the
+  current one is always in).
+* ``customer_nb_tx_1h``: number of the customer's transactions in (t - 3600 s, t]
+  (card-testing bursts show up here long before they move the daily counts).
+* ``customer_amount_ratio_30d``: ``tx_amount`` / mean amount of the customer's *other*
+  transactions in (t - 30 days, t]; 1.0 when there is none or that mean is not positive (a new
+  customer's first payment is not "unusually large" by construction).
+* ``customer_seconds_since_prev_tx``: seconds (fractional if timestamps carry them) since the
+  customer's previous transaction, ordered by (tx_datetime, transaction_id), looking back over
+  the whole input; NULL for the customer's first transaction in the input (impute downstream;
+  a sentinel would pretend to be a measured gap).
+* ``customer_terminal_is_new``: 1 if the customer made no other transaction at this terminal
+  in (t - 30 days, t], else 0. Same-second transactions count as "before", as in all windows.
+
+Features (``terminal_features/``, one row per transaction)
+----------------------------------------------------------
+For n = 1, 7, 30 the window is (t - (n + D) days, t - D days] on the transaction's terminal
+(the current transaction is inside it only when D = 0):
+
+* ``terminal_nb_tx_{n}d``: number of transactions in that window (all of them: a transaction
+  count needs no label).
+* ``terminal_risk_{n}d``: (frauds in the window whose label is known at t) / (transactions in
+  the window whose label is known at t); 0.0 when no label in the window is known.
+
+Why the risk's denominator is the *labelled* transactions only: strict point-in-time means a
+fraud counts only if its label had arrived by t, and a transaction whose label is still pending
+is not known to be genuine either. With the handbook's delay (labels of day d arrive at the
+midnight ending day d + D) the newest part of every delayed window still waits for its labels
+(for the 1-day window, the share of the window that is labelled falls from 100 % at 00:00 to
+~0 % at 23:59). Dividing by all transactions would count every pending label as "genuine" and
+drag the risk down by a time-of-day dependent amount; dividing by the labelled ones keeps the
+risk an estimate of the terminal's fraud rate, at the cost of more variance when few labels are
+in (then ``terminal_nb_tx_{n}d`` tells the model how much data sits behind the window).
+
+How the label condition is computed: a window function cannot say "label known at *this* row's
+t", because that is a second condition besides the window range. So the labelled and fraud
+counts come from range windows over all labelled transactions, and the transactions whose label
+was still pending at t (``label_available_at > t``) are subtracted; those are found by an
+equi-join on (terminal, day bucket of t) against each labelled transaction exploded over the
+days during which it sits in some window of a target but its label is pending (one bucket per
+transaction with next-midnight labels), then filtered exactly.
+
+Output: ``<features-dir>/customer_features/`` and ``<features-dir>/terminal_features/``
+(Parquet, timestamps as TIMESTAMP_MICROS UTC), overwritten as a pair. Both are written into a
+hidden ``<features-dir>/.staging-<run>/`` folder and renamed into place only after both writes
+succeeded, so a failed run leaves the previous tables (or none) visible, never half-written
+ones. The swap itself is two renames per table, not one atomic step: a reader can find a table
+missing for that instant, and a crash between the two tables' swaps would leave a new customer
+table beside an old terminal table. The next run deletes any ``.staging-*``/``.replaced-*``
+leftovers, so concurrent runs against one features dir are not supported (the DAG runs one at
+a time).
+
+On success the last stdout line is ``FEATURE_JOB_RESULT {json}`` (paths, row counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+SECONDS_PER_DAY = 86_400
+SECONDS_PER_HOUR = 3_600
+WINDOW_DAYS = (1, 7, 30)
+NEW_TERMINAL_LOOKBACK_DAYS = 30
+INPUT_TABLE = "fct_transactions"
+CUSTOMER_TABLE = "customer_features"
+TERMINAL_TABLE = "terminal_features"
+CUSTOMER_TERMINAL_TABLE = "customer_terminal_features"
+RESULT_MARKER = "FEATURE_JOB_RESULT"
+
+# Input contract: column -> Spark SQL type it is cast to (casts also absorb harmless writer
+# differences such as int8 flags or a TIMESTAMP_NTZ from a writer that dropped the zone).
+INPUT_COLUMNS = {
+    "transaction_id": "bigint",
+    "tx_datetime": "timestamp",
+    "customer_id": "bigint",
+    "terminal_id": "bigint",
+    "tx_amount": "double",
+    "tx_fraud": "int",
+    "label_available_at": "timestamp",
+}
+
+# Rows missing any of these cannot be placed in a window and are dropped (and counted).
+KEY_COLUMNS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")
+
+CUSTOMER_FEATURES = [
+    *[f for n in WINDOW_DAYS for f in (f"customer_nb_tx_{n}d", f"customer_avg_amount_{n}d")],
+    "customer_nb_tx_1h",
+    "customer_amount_ratio_30d",
+    "customer_seconds_since_prev_tx",
+    "customer_terminal_is_new",
+    # The state's own time, so request-time features can age it (seconds since this payment).
+    "customer_last_tx_unix",
+]
+TERMINAL_FEATURES = [
+    f for n in WINDOW_DAYS for f in (f"terminal_nb_tx_{n}d", f"terminal_risk_{n}d")
+]
+
+
+class InputError(Exception):
+    """The input dataset is missing or does not match the contract."""
+
+
+# --- session and input ----------------------------------------------------------------------
+
+
+def create_session(app_name: str = "fraud-features") -> SparkSession:
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.appName(app_name)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def _hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    """(Hadoop FileSystem, Path) py4j handles for ``path``.
+
+    The Hadoop API rather than os/shutil, so the same code works on file:, hdfs:, s3a:...
+    """
+    jvm = spark.sparkContext._jvm
+    jpath = jvm.org.apache.hadoop.fs.Path(path)
+    return jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jpath
+
+
+def read_transactions(spark: SparkSession, marts_dir: str) -> DataFrame:
+    """The mart's transactions, cast to the contract types; fails clearly if absent."""
+    from pyspark.sql import functions as F
+
+    source = f"{marts_dir.rstrip('/')}/{INPUT_TABLE}"
+    fs, jpath = _hadoop_fs(spark, source)
+    if not fs.exists(jpath):
+        raise InputError(f"input dataset not found: {source}")
+    frame = (
+        spark.read.option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", "*.parquet")
+        .parquet(source)
+    )
+    missing = sorted(set(INPUT_COLUMNS) - set(frame.columns))
+    if missing:
+        raise InputError(f"{source} lacks required columns {missing}; has {frame.columns}")
+    return frame.select(*[F.col(c).cast(t).alias(c) for c, t in INPUT_COLUMNS.items()])
+
+
+def validate_transactions(tx: DataFrame) -> tuple[DataFrame, dict[str, int]]:
+    """Drop rows without a key, fail on duplicate transaction ids; returns rows and counts.
+
+    Key-less rows are expected once: dbt-duckdb exports an empty model as one all-NULL row.
+    Duplicates are not: they would double-count every window (a leftover writer temp file such
+    as DuckDB's ``tmp_<name>.parquet`` beside the export is the likely cause).
+    """
+    from pyspark.sql import functions as F
+
+    has_keys = F.lit(True)
+    for column in KEY_COLUMNS:
+        has_keys = has_keys & F.col(column).isNotNull()
+    counts = tx.agg(
+        F.count(F.lit(1)).alias("input"), F.count(F.when(has_keys, 1)).alias("valid")
+    ).first()
+    valid = tx.where(has_keys)
+    duplicated = (
+        valid.groupBy("transaction_id").count().where(F.col("count") > 1).limit(5).collect()
+    )
+    if duplicated:
+        ids = [row["transaction_id"] for row in duplicated]
+        raise InputError(f"duplicate transaction_id in the input, e.g. {ids}")
+    return valid, {"input_rows": counts["input"], "dropped_rows": counts["input"] - counts["valid"]}
+
+
+def _with_time_keys(tx: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return tx.withColumn("ts_seconds", F.unix_seconds("tx_datetime")).withColumn(
+        "ts_micros", F.unix_micros("tx_datetime")
+    )
+
+
+# --- customer features ----------------------------------------------------------------------
+
+
+def build_customer_features(tx: DataFrame) -> DataFrame:
+    """One row per transaction: the customer's spending windows and behaviour changes."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    tx = _with_time_keys(tx)
+    by_customer = Window.partitionBy("customer_id").orderBy("ts_seconds")
+
+    def trailing(seconds: int) -> Window:
+        # (t - seconds, t] on whole seconds: the lower bound is exclusive, peers included.
+        return by_customer.rangeBetween(-seconds + 1, 0)
+
+    features: dict[str, Column] = {}
+    for n in WINDOW_DAYS:
+        w = trailing(n * SECONDS_PER_DAY)
+        features[f"customer_nb_tx_{n}d"] = F.count(F.lit(1)).over(w)
+        features[f"customer_avg_amount_{n}d"] = F.avg("tx_amount").over(w)
+    features["customer_nb_tx_1h"] = F.count(F.lit(1)).over(trailing(SECONDS_PER_HOUR))
+
+    w30 = trailing(30 * SECONDS_PER_DAY)
+    others_count = F.count(F.lit(1)).over(w30) - 1
+    # Divide only inside the WHEN: Spark 4 runs in ANSI mode, where x / 0 raises. NULL (no
+    # other transaction) and a non-positive mean both fall through to the neutral 1.0.
+    others_mean = F.when(
+        others_count > 0, (F.sum("tx_amount").over(w30) - F.col("tx_amount")) / others_count
+    )
+    features["customer_amount_ratio_30d"] = F.when(
+        others_mean > 0, F.col("tx_amount") / others_mean
+    ).otherwise(F.lit(1.0))
+
+    # Ties in the same microsecond are broken by transaction_id so "previous" is deterministic.
+    in_order = Window.partitionBy("customer_id").orderBy("ts_micros", "transaction_id")
+    previous = F.lag("ts_micros").over(in_order)
+    features["customer_seconds_since_prev_tx"] = (F.col("ts_micros") - previous) / 1e6
+
+    at_terminal = (
+        Window.partitionBy("customer_id", "terminal_id")
+        .orderBy("ts_seconds")
+        .rangeBetween(-NEW_TERMINAL_LOOKBACK_DAYS * SECONDS_PER_DAY + 1, 0)
+    )
+    features["customer_terminal_is_new"] = (F.count(F.lit(1)).over(at_terminal) == 1).cast("int")
+    features["customer_last_tx_unix"] = F.col("ts_seconds")
+
+    return tx.select(
+        "customer_id",
+        F.col("tx_datetime").alias("event_timestamp"),
+        "transaction_id",
+        *[features[name].alias(name) for name in CUSTOMER_FEATURES],
+    )
+
+
+def build_customer_terminal_history(tx: DataFrame) -> DataFrame:
+    """One row per payment of a customer at a terminal: when the pair was last used.
+
+    Served through a Feast view with a 30-day TTL, "no row" then means "a terminal new to this
+    customer" as of any later time, online as offline.
+    """
+    from pyspark.sql import functions as F
+
+    return tx.select(
+        "customer_id",
+        "terminal_id",
+        F.col("tx_datetime").alias("event_timestamp"),
+        "transaction_id",
+        F.unix_seconds("tx_datetime").alias("pair_last_tx_unix"),
+    )
+
+
+# --- terminal features ----------------------------------------------------------------------
+
+
+def _pending_label_counts(tx: DataFrame, delay_days: int) -> DataFrame:
+    """Per target transaction and window: labelled transactions in the window (and frauds among
+    them) whose label was NOT yet known at the target's t. Only targets with any are returned.
+    """
+    from pyspark.sql import functions as F
+
+    longest = max(WINDOW_DAYS)
+    labelled = tx.where(F.col("label_available_at").isNotNull() & F.col("tx_fraud").isNotNull())
+    # A source at second S lies in the widest window of targets with
+    # T in [S + D days, S + (30 + D) days - 1]; its label is pending for targets with
+    # t < label_available_at, hence T <= ceil(label_available_at in seconds) - 1 (a label
+    # arriving at midnight is pending only for targets of the day before). Only that span of
+    # targets can need a correction; it is bucketed by day for an equi-join.
+    label_seconds_ceil = F.ceil(F.unix_micros("src_label_at") / 1_000_000)
+    first_target = F.col("src_seconds") + delay_days * SECONDS_PER_DAY
+    last_target = F.least(
+        F.col("src_seconds") + (longest + delay_days) * SECONDS_PER_DAY - 1,
+        label_seconds_ceil - 1,
+    )
+    sources = (
+        labelled.select(
+            "terminal_id",
+            F.col("ts_seconds").alias("src_seconds"),
+            F.col("label_available_at").alias("src_label_at"),
+            F.col("tx_fraud").alias("src_fraud"),
+        )
+        .withColumn("first_target", first_target)
+        .withColumn("last_target", last_target)
+        .where(F.col("first_target") <= F.col("last_target"))
+        .withColumn(
+            "day_bucket",
+            F.explode(
+                F.sequence(
+                    F.floor(F.col("first_target") / SECONDS_PER_DAY),
+                    F.floor(F.col("last_target") / SECONDS_PER_DAY),
+                )
+            ),
+        )
+        .drop("first_target", "last_target")
+    )
+    targets = tx.select(
+        "transaction_id",
+        "terminal_id",
+        "ts_seconds",
+        "tx_datetime",
+        F.floor(F.col("ts_seconds") / SECONDS_PER_DAY).alias("day_bucket"),
+    )
+    pairs = targets.join(sources, ["terminal_id", "day_bucket"]).where(
+        (F.col("src_label_at") > F.col("tx_datetime"))
+        & (F.col("src_seconds") <= F.col("ts_seconds") - delay_days * SECONDS_PER_DAY)
+        & (F.col("src_seconds") > F.col("ts_seconds") - (longest + delay_days) * SECONDS_PER_DAY)
+    )
+    sums = []
+    for n in WINDOW_DAYS:
+        in_window = F.col("src_seconds") > F.col("ts_seconds") - (n + delay_days) * SECONDS_PER_DAY
+        sums.append(F.sum(F.when(in_window, 1).otherwise(0)).alias(f"pending_labelled_{n}d"))
+        sums.append(
+            F.sum(F.when(in_window, F.col("src_fraud")).otherwise(0)).alias(f"pending_fraud_{n}d")
+        )
+    return pairs.groupBy("transaction_id").agg(*sums)
+
+
+def build_terminal_features(tx: DataFrame, delay_days: int) -> DataFrame:
+    """One row per transaction: the terminal's delayed activity and known fraud rate."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if delay_days < 0:
+        raise ValueError(f"label delay must be >= 0 days, got {delay_days}")
+    tx = _with_time_keys(tx)
+    is_labelled = (F.col("label_available_at").isNotNull() & F.col("tx_fraud").isNotNull()).cast(
+        "int"
+    )
+    tx = tx.withColumn("is_labelled", is_labelled).withColumn(
+        "labelled_fraud", F.when(F.col("is_labelled") == 1, F.col("tx_fraud")).otherwise(0)
+    )
+    by_terminal = Window.partitionBy("terminal_id").orderBy("ts_seconds")
+    windowed = tx
+    for n in WINDOW_DAYS:
+        # (t - (n + D) days, t - D days] on whole seconds.
+        w = by_terminal.rangeBetween(
+            -(n + delay_days) * SECONDS_PER_DAY + 1, -delay_days * SECONDS_PER_DAY
+        )
+        windowed = (
+            windowed.withColumn(f"terminal_nb_tx_{n}d", F.count(F.lit(1)).over(w))
+            .withColumn(f"labelled_{n}d", F.coalesce(F.sum("is_labelled").over(w), F.lit(0)))
+            .withColumn(f"fraud_{n}d", F.coalesce(F.sum("labelled_fraud").over(w), F.lit(0)))
+        )
+
+    pending = _pending_label_counts(tx, delay_days)
+    joined = windowed.join(pending, "transaction_id", "left")
+    risks = {}
+    for n in WINDOW_DAYS:
+        known_labelled = F.col(f"labelled_{n}d") - F.coalesce(
+            F.col(f"pending_labelled_{n}d"), F.lit(0)
+        )
+        known_fraud = F.col(f"fraud_{n}d") - F.coalesce(F.col(f"pending_fraud_{n}d"), F.lit(0))
+        risks[f"terminal_risk_{n}d"] = F.when(
+            known_labelled > 0, known_fraud / known_labelled
+        ).otherwise(F.lit(0.0))
+    return joined.select(
+        "terminal_id",
+        F.col("tx_datetime").alias("event_timestamp"),
+        "transaction_id",
+        *[risks[name].alias(name) if name in risks else F.col(name) for name in TERMINAL_FEATURES],
+    )
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+STAGING_PREFIX = ".staging-"
+REPLACED_PREFIX = ".replaced-"
+
+
+def _remove_leftovers(spark: SparkSession, features_dir: str) -> None:
+    """Delete the staging/replaced folders a killed run left behind (hidden from readers)."""
+    fs, jdir = _hadoop_fs(spark, features_dir)
+    if not fs.exists(jdir):
+        return
+    for status in fs.listStatus(jdir):
+        if status.getPath().getName().startswith((STAGING_PREFIX, REPLACED_PREFIX)):
+            fs.delete(status.getPath(), True)
+
+
+def write_tables(spark: SparkSession, tables: dict[str, DataFrame], features_dir: str) -> dict:
+    """Write every table into a hidden staging folder, then rename all of them into place.
+
+    Readers see the previous tables until the swap (two renames per table); nothing is swapped
+    unless every table was written completely. The staging folder is hidden (leading dot) so
+    that no reader globbing the features folder picks it up, while the tables inside keep
+    their plain names (Spark refuses to read a path whose own name is hidden).
+    """
+    base = features_dir.rstrip("/")
+    run = uuid.uuid4().hex[:12]
+    staging, replaced = f"{base}/{STAGING_PREFIX}{run}", f"{base}/{REPLACED_PREFIX}{run}"
+    _remove_leftovers(spark, base)
+    try:
+        for name, frame in tables.items():
+            frame.write.mode("overwrite").parquet(f"{staging}/{name}")
+        # Row counts from the written files (Parquet footers), i.e. what readers will get.
+        rows = {name: spark.read.parquet(f"{staging}/{name}").count() for name in tables}
+        for name in tables:
+            _swap(spark, f"{staging}/{name}", f"{base}/{name}", f"{replaced}/{name}")
+    finally:
+        for leftover in (staging, replaced):
+            fs, jpath = _hadoop_fs(spark, leftover)
+            if fs.exists(jpath):
+                fs.delete(jpath, True)
+    return {name: {"path": f"{base}/{name}", "rows": rows[name]} for name in tables}
+
+
+def _swap(spark: SparkSession, staged: str, final: str, replaced: str) -> None:
+    """Move ``final`` aside (if present), rename ``staged`` to ``final``, drop the old one."""
+    fs, jfinal = _hadoop_fs(spark, final)
+    _, jstaged = _hadoop_fs(spark, staged)
+    _, jreplaced = _hadoop_fs(spark, replaced)
+    had_old = fs.exists(jfinal)
+    # Hadoop's rename moves a folder *into* an existing one: the target must not exist, hence
+    # the old table is moved aside first rather than overwritten.
+    if had_old:
+        fs.mkdirs(jreplaced.getParent())
+        if not fs.rename(jfinal, jreplaced):
+            raise OSError(f"could not move {final} aside to {replaced}")
+    if not fs.rename(jstaged, jfinal):
+        if had_old:  # put the previous table back rather than leave no table at all
+            fs.rename(jreplaced, jfinal)
+        raise OSError(f"could not rename {staged} to {final}")
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--marts-dir", required=True, help="Folder holding fct_transactions/.")
+    parser.add_argument("--features-dir", required=True, help="Where the feature tables go.")
+    parser.add_argument(
+        "--label-delay-days",
+        type=int,
+        default=7,
+        help="D: terminal windows end D days before the transaction (default 7).",
+    )
+    args = parser.parse_args(argv)
+    if args.label_delay_days < 0:
+        parser.error("--label-delay-days must be >= 0")
+    return args
+
+
+def run(spark: SparkSession, marts_dir: str, features_dir: str, delay_days: int) -> dict:
+    """Compute and write both feature tables; returns a JSON-able summary."""
+    started = time.monotonic()
+    tx, counts = validate_transactions(read_transactions(spark, marts_dir))
+    written = write_tables(
+        spark,
+        {
+            CUSTOMER_TABLE: build_customer_features(tx),
+            TERMINAL_TABLE: build_terminal_features(tx, delay_days),
+            CUSTOMER_TERMINAL_TABLE: build_customer_terminal_history(tx),
+        },
+        features_dir,
+    )
+    return {
+        "tables": written,
+        **counts,
+        "label_delay_days": delay_days,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def _missing_local_input(marts_dir: str) -> str | None:
+    """The input folder if it is a local path that does not exist (checked before the JVM
+    starts, to fail in a second rather than after the session start); remote URIs are checked
+    through Hadoop in ``read_transactions``."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    parsed = urlparse(marts_dir)
+    if parsed.scheme not in ("", "file"):
+        return None
+    source = Path(parsed.path if parsed.scheme else marts_dir) / INPUT_TABLE
+    return None if source.exists() else str(source)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if missing := _missing_local_input(args.marts_dir):
+        raise InputError(f"input dataset not found: {missing}")
+    spark = create_session()
+    try:
+        summary = run(spark, args.marts_dir, args.features_dir, args.label_delay_days)
+    finally:
+        spark.stop()
+    print(f"{RESULT_MARKER} {json.dumps(summary)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
