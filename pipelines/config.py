@@ -15,6 +15,7 @@ import datetime as dt
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -88,6 +89,19 @@ class Settings(BaseSettings):
     )
     spark_driver_memory: str = Field("2g", description="Spark driver memory.")
 
+    # --- Feast ---------------------------------------------------------------------------
+    feast_project: str = Field("fraud", description="Feast project name.")
+    feast_online_store: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="Feast online store: sqlite (embedded) or redis (production)."
+    )
+    feast_redis_url: str = Field(
+        "127.0.0.1:6379,db=0", description="Redis connection string for the online store."
+    )
+    feast_registry_url: str | None = Field(
+        None,
+        description="SQL registry URL (postgresql+psycopg://…); default a file in <home>/feast.",
+    )
+
     # --- Airflow -------------------------------------------------------------------------
     airflow_host: str = Field("127.0.0.1", description="Address the Airflow API server binds.")
     airflow_port: int = Field(8080, description="Port of the Airflow API server and UI.")
@@ -141,6 +155,11 @@ class Settings(BaseSettings):
     def features_dir(self) -> Path:
         """Spark's feature tables: the Feast offline sources."""
         return self.lake_dir / "features"
+
+    @property
+    def feast_dir(self) -> Path:
+        """Feast's rendered feature_store.yaml, file registry and SQLite online store."""
+        return self.home / "feast"
 
     @property
     def landing_dir(self) -> Path:

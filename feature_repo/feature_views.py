@@ -1,0 +1,55 @@
+"""Feature views over the Spark tables: entity state after each transaction.
+
+Training joins them as of just *before* each transaction (its timestamp minus 1 µs) and serving
+reads the latest online row: both see the state after the previous transaction, and the
+on-demand view adds the transaction being scored in the same code. No training/serving skew.
+"""
+
+from datetime import timedelta
+
+from entities import customer, terminal
+from feast import FeatureView, Field
+from feast.types import Float64, Int64
+from sources import customer_state_push, customer_terminal_source, terminal_state_source
+
+WINDOWS = (1, 7, 30)
+
+customer_state = FeatureView(
+    name="customer_state",
+    entities=[customer],
+    # Older than the longest window, the state says nothing about the present.
+    ttl=timedelta(days=30),
+    schema=[
+        *(Field(name=f"customer_nb_tx_{n}d", dtype=Int64) for n in WINDOWS),
+        *(Field(name=f"customer_avg_amount_{n}d", dtype=Float64) for n in WINDOWS),
+        Field(name="customer_nb_tx_1h", dtype=Int64),
+        Field(name="customer_last_tx_unix", dtype=Int64),
+    ],
+    source=customer_state_push,
+    online=True,
+    description="Customer spending windows as of (and including) their latest transaction.",
+)
+
+terminal_state = FeatureView(
+    name="terminal_state",
+    entities=[terminal],
+    # The delayed windows reach 30 + label delay days back.
+    ttl=timedelta(days=38),
+    schema=[
+        *(Field(name=f"terminal_nb_tx_{n}d", dtype=Int64) for n in WINDOWS),
+        *(Field(name=f"terminal_risk_{n}d", dtype=Float64) for n in WINDOWS),
+    ],
+    source=terminal_state_source,
+    online=True,
+    description="Terminal volume and fraud risk over windows delayed by the label delay.",
+)
+
+customer_terminal_history = FeatureView(
+    name="customer_terminal_history",
+    entities=[customer, terminal],
+    ttl=timedelta(days=30),  # no row within 30 days = a terminal new to this customer
+    schema=[Field(name="pair_last_tx_unix", dtype=Int64)],
+    source=customer_terminal_source,
+    online=True,
+    description="When the customer last paid at this terminal.",
+)

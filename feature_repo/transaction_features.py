@@ -1,0 +1,88 @@
+"""Request-time features: the scored transaction combined with the entity state before it.
+
+Python mode (not pandas): ~0.2 ms per online read instead of ~1.3 ms. The function runs in
+training (historical retrieval) and in serving (online read) alike.
+"""
+
+from typing import Any
+
+from feast import Field
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64, Int64
+from feature_views import customer_state, customer_terminal_history
+from sources import transaction_request
+
+
+@on_demand_feature_view(
+    sources=[customer_state, customer_terminal_history, transaction_request],
+    schema=[
+        Field(name="tx_during_weekend", dtype=Int64),
+        Field(name="tx_during_night", dtype=Int64),
+        Field(name="customer_nb_tx_1d_now", dtype=Int64),
+        Field(name="customer_nb_tx_7d_now", dtype=Int64),
+        Field(name="customer_nb_tx_30d_now", dtype=Int64),
+        Field(name="customer_avg_amount_1d_now", dtype=Float64),
+        Field(name="customer_avg_amount_7d_now", dtype=Float64),
+        Field(name="customer_avg_amount_30d_now", dtype=Float64),
+        Field(name="customer_nb_tx_1h_now", dtype=Int64),
+        Field(name="customer_amount_ratio_30d", dtype=Float64),
+        Field(name="customer_seconds_since_prev_tx", dtype=Float64),
+        Field(name="customer_is_new", dtype=Int64),
+        Field(name="customer_terminal_is_new", dtype=Int64),
+    ],
+    mode="python",
+    description="Handbook customer windows including the scored transaction, and novelty flags.",
+)
+def transaction_features(inputs: dict[str, Any]) -> dict[str, Any]:
+    # Feast stores this function's source and runs it alone: everything it needs is inside.
+    import datetime as dt
+
+    day = 86_400
+    max_gap = 30 * day  # "no previous transaction" reads as the longest window
+
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "tx_during_weekend",
+            "tx_during_night",
+            "customer_nb_tx_1d_now",
+            "customer_nb_tx_7d_now",
+            "customer_nb_tx_30d_now",
+            "customer_avg_amount_1d_now",
+            "customer_avg_amount_7d_now",
+            "customer_avg_amount_30d_now",
+            "customer_nb_tx_1h_now",
+            "customer_amount_ratio_30d",
+            "customer_seconds_since_prev_tx",
+            "customer_is_new",
+            "customer_terminal_is_new",
+        )
+    }
+    for i, amount in enumerate(inputs["tx_amount"]):
+        now = int(inputs["tx_unix_seconds"][i])
+        when = dt.datetime.fromtimestamp(now, dt.UTC)
+        out["tx_during_weekend"].append(int(when.weekday() >= 5))
+        out["tx_during_night"].append(int(when.hour <= 6))
+        last = inputs["customer_last_tx_unix"][i]
+        gap = None if last is None else max(now - int(last), 0)
+        for n, window in (("1d", day), ("7d", 7 * day), ("30d", 30 * day), ("1h", 3600)):
+            prev_nb = inputs[f"customer_nb_tx_{n}"][i]
+            in_window = gap is not None and gap < window and prev_nb is not None
+            nb = int(prev_nb) + 1 if in_window else 1
+            out[f"customer_nb_tx_{n}_now"].append(nb)
+            if n != "1h":
+                prev_avg = inputs[f"customer_avg_amount_{n}"][i]
+                avg = (prev_avg * (nb - 1) + amount) / nb if in_window else amount
+                out[f"customer_avg_amount_{n}_now"].append(float(avg))
+        prev_avg_30 = inputs["customer_avg_amount_30d"][i]
+        usual = gap is not None and gap < 30 * day and prev_avg_30 is not None and prev_avg_30 > 0
+        out["customer_amount_ratio_30d"].append(float(amount / prev_avg_30) if usual else 1.0)
+        out["customer_seconds_since_prev_tx"].append(
+            float(min(gap, max_gap)) if gap is not None else float(max_gap)
+        )
+        out["customer_is_new"].append(int(gap is None))
+        pair_last = inputs["pair_last_tx_unix"][i]
+        out["customer_terminal_is_new"].append(
+            int(pair_last is None or now - int(pair_last) >= 30 * day)
+        )
+    return out

@@ -1,0 +1,1 @@
+"""The Feast feature store: configuration rendering, apply, materialize, retrieval."""
