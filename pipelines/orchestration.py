@@ -12,6 +12,8 @@ from airflow.sdk import Asset
 # Data-aware scheduling: producers list these as outlets, consumers schedule on them.
 RAW_TRANSACTIONS = Asset(name="raw_transactions", uri="lake://raw/transactions")
 RAW_LABELS = Asset(name="raw_labels", uri="lake://raw/labels")
+# Features built, registered and materialized: the online store is fresh.
+FEATURES = Asset(name="features", uri="feast://fraud/fraud_model_v1")
 
 DEFAULT_ARGS = {
     "owner": "fraud-platform",
