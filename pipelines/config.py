@@ -102,6 +102,28 @@ class Settings(BaseSettings):
         description="SQL registry URL (postgresql+psycopg://…); default a file in <home>/feast.",
     )
 
+    # --- training, tracking and registry ------------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking/registry URI; default SQLite in <home>/mlflow."
+    )
+    mlflow_experiment: str = Field("fraud-detection", description="MLflow experiment name.")
+    model_name: str = Field("fraud-detector", description="Registered model name.")
+    optuna_storage: str | None = Field(
+        None, description="Optuna study storage URL; default SQLite in <home>/optuna."
+    )
+    tuning_trials: int = Field(20, ge=1, description="Optuna trials per study.")
+    tuning_timeout_seconds: int = Field(600, ge=10, description="Optuna study time budget.")
+    max_epochs: int = Field(20, ge=1, description="Epoch cap per training (early stopping).")
+    train_days: int = Field(7, ge=1, description="Days in the training period.")
+    test_days: int = Field(7, ge=1, description="Days in the test (assessment) period.")
+    promotion_metric: Literal["average_precision", "roc_auc", "card_precision_at_100"] = Field(
+        "average_precision", description="Metric the promotion gate compares."
+    )
+    promotion_floor: float = Field(
+        0.3, ge=0, le=1, description="Minimum promotion metric for any champion."
+    )
+    torch_threads: int = Field(2, ge=1, description="CPU threads for PyTorch.")
+
     # --- Airflow -------------------------------------------------------------------------
     airflow_host: str = Field("127.0.0.1", description="Address the Airflow API server binds.")
     airflow_port: int = Field(8080, description="Port of the Airflow API server and UI.")
@@ -160,6 +182,18 @@ class Settings(BaseSettings):
     def feast_dir(self) -> Path:
         """Feast's rendered feature_store.yaml, file registry and SQLite online store."""
         return self.home / "feast"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def study_storage(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.home / 'optuna' / 'studies.db'}"
 
     @property
     def landing_dir(self) -> Path:
