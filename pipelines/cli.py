@@ -20,9 +20,11 @@ app = typer.Typer(help="Card-fraud platform: every pipeline stage from the comma
 ingest_app = typer.Typer(help="Write transactions and labels into the raw lake.")
 lake_app = typer.Typer(help="Inspect the raw lake.")
 services_app = typer.Typer(help="Start and stop the local services (Airflow).")
+features_app = typer.Typer(help="Build features: dbt marts, Spark job, Feast apply/materialize.")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(lake_app, name="lake")
 app.add_typer(services_app, name="services")
+app.add_typer(features_app, name="features")
 console = Console()
 
 
@@ -147,6 +149,57 @@ def lake_status() -> None:
         )
     console.print(table)
     console.print(f"lake: {s.lake_dir}")
+
+
+@features_app.command("dbt")
+def features_dbt() -> None:
+    """dbt build: staging and marts over the raw lake, with their tests."""
+    from pipelines.transform.dbt import run_dbt_build
+
+    r = run_dbt_build(get_settings())
+    console.print(
+        f"dbt: {r.models} models, {r.tests_passed} tests passed, {r.tests_warned} warned "
+        f"in {r.elapsed_seconds:.1f}s -> {r.mart_path}"
+    )
+
+
+@features_app.command("spark")
+def features_spark() -> None:
+    """Run the Spark feature job (spark-submit on FRAUD_SPARK_MASTER)."""
+    from pipelines.features.runner import run_feature_job
+
+    with console.status("spark-submit feature job…"):
+        r = run_feature_job(get_settings())
+    console.print(
+        f"spark: {r.input_rows:,} transactions -> {r.customer_rows:,} customer and "
+        f"{r.terminal_rows:,} terminal rows in {r.wall_seconds:.1f}s"
+    )
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """feast apply: register feature_repo/ in the registry."""
+    from pipelines.featurestore.store import apply
+
+    apply(get_settings())
+
+
+@features_app.command("materialize")
+def features_materialize() -> None:
+    """Load the online store up to the newest feature row."""
+    from pipelines.featurestore.store import materialize_latest
+
+    latest = materialize_latest(get_settings())
+    console.print(f"online store loaded up to {latest}" if latest else "no features to load")
+
+
+@features_app.command("build")
+def features_build() -> None:
+    """All of it, in order: dbt, Spark, feast apply, materialize (what build_features runs)."""
+    features_dbt()
+    features_spark()
+    features_apply()
+    features_materialize()
 
 
 @services_app.command("up")

@@ -123,6 +123,29 @@ def test_invalid_param_is_refused_before_anything_runs(api):
     assert refused.status_code == 400, refused.text
 
 
+def test_ingest_wakes_build_features_through_the_asset(airflow, api):
+    """Nobody triggers build_features: the raw-lake Asset events of the ingest runs do."""
+    deadline = time.monotonic() + 420
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = api.get("/dags/build_features/dagRuns").json()["dag_runs"]
+        if any(r["state"] == "success" for r in runs):
+            break
+        if any(r["state"] == "failed" for r in runs):
+            failed = runs[-1]["dag_run_id"]
+            tis = api.get(f"/dags/build_features/dagRuns/{failed}/taskInstances").json()
+            raise AssertionError(f"build_features failed: {tis}")
+        time.sleep(3)
+    assert any(r["state"] == "success" for r in runs), runs
+    assert all(r["run_type"] == "asset_triggered" for r in runs)
+    events = api.get("/assets/events", params={"source_dag_id": "build_features"}).json()
+    assert events["total_entries"] >= 1  # the features Asset was emitted
+    features = airflow.settings.features_dir
+    for table in ("customer_features", "terminal_features", "customer_terminal_features"):
+        assert pq.read_table(features / table).num_rows > 0
+    assert (airflow.settings.feast_dir / "online.db").exists()
+
+
 def test_down_stops_every_process_it_started(airflow):
     pids = [p.pid() for p in airflow.processes()]
     assert all(pids)
