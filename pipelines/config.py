@@ -124,6 +124,22 @@ class Settings(BaseSettings):
     )
     torch_threads: int = Field(2, ge=1, description="CPU threads for PyTorch.")
 
+    # --- serving ---------------------------------------------------------------------------
+    serving_host: str = Field("127.0.0.1", description="Address the scoring API binds.")
+    serving_port: int = Field(3000, description="Port of the BentoML scoring API.")
+    serving_api_key: str | None = Field(
+        None, description="If set, requests must carry it in the X-API-Key header."
+    )
+    review_threshold: float = Field(0.3, ge=0, le=1, description="Score from which to review.")
+    block_threshold: float = Field(0.8, ge=0, le=1, description="Score from which to block.")
+    max_batch_size: int = Field(1000, ge=1, description="Most transactions in one request.")
+    model_poll_seconds: float = Field(
+        30, gt=0, description="How often serving checks the champion alias."
+    )
+    prediction_log_flush_seconds: float = Field(
+        2, gt=0, description="Longest time a scored transaction waits to reach the log."
+    )
+
     # --- Airflow -------------------------------------------------------------------------
     airflow_host: str = Field("127.0.0.1", description="Address the Airflow API server binds.")
     airflow_port: int = Field(8080, description="Port of the Airflow API server and UI.")
@@ -194,6 +210,11 @@ class Settings(BaseSettings):
     @property
     def study_storage(self) -> str:
         return self.optuna_storage or f"sqlite:///{self.home / 'optuna' / 'studies.db'}"
+
+    @property
+    def predictions_dir(self) -> Path:
+        """The prediction log: Parquet parts per day, input of monitoring and feedback."""
+        return self.lake_dir / "predictions"
 
     @property
     def landing_dir(self) -> Path:
