@@ -8,10 +8,12 @@ every component healthy. The same class runs Airflow for ``make up``, for the en
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -46,8 +48,26 @@ class AirflowServices:
         return f"http://{self.settings.airflow_host}:{self.settings.airflow_port}"
 
     @property
+    def sqlite_path(self) -> Path:
+        return self.home / "airflow.db"
+
+    @property
     def database_url(self) -> str:
-        return self.settings.airflow_database_url or f"sqlite:///{self.home / 'airflow.db'}"
+        # A 30 s busy timeout instead of 5 s: on 2 busy cores the scheduler, the API server
+        # and the task workers otherwise see "database is locked" (the UI gets a 500).
+        return self.settings.airflow_database_url or f"sqlite:///{self.sqlite_path}?timeout=30"
+
+    @property
+    def async_database_url(self) -> str | None:
+        """The async URL Airflow 3 opens beside the sync one (None: Airflow derives it).
+
+        For PostgreSQL Airflow would derive ``postgresql+asyncpg``, a driver the lock does not
+        carry; psycopg 3 (installed with feast[postgres]) speaks async as well.
+        """
+        scheme, rest = self.database_url.split(":", 1)
+        if scheme.split("+")[0] in ("postgresql", "postgres"):
+            return f"postgresql+psycopg:{rest}"
+        return None
 
     def _secrets(self) -> dict[str, str]:
         """API/JWT/Fernet secrets, generated once per home and shared by every component."""
@@ -109,6 +129,8 @@ class AirflowServices:
                 "NO_PROXY": "*",
             }
         )
+        if self.async_database_url:
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = self.async_database_url
         return env
 
     # --- processes ------------------------------------------------------------------------
@@ -125,6 +147,10 @@ class AirflowServices:
             check=True,
             capture_output=True,
         )
+        if self.settings.airflow_database_url is None:
+            # WAL lets readers (UI, API) proceed while a writer commits; it persists in the file.
+            with contextlib.closing(sqlite3.connect(self.sqlite_path)) as db:
+                db.execute("pragma journal_mode=wal")
 
     def up(self, timeout: float = 180.0) -> None:
         """Start whatever is not running yet and wait until Airflow is healthy."""
