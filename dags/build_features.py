@@ -27,10 +27,16 @@ from pipelines.orchestration import DEFAULT_ARGS, FEATURES, RAW_TRANSACTIONS
 def build_features():
     @task
     def dbt_build() -> dict:
-        from pipelines.config import get_settings
-        from pipelines.transform.dbt import run_dbt_build
+        from airflow.sdk.exceptions import AirflowFailException
 
-        result = run_dbt_build(get_settings())
+        from pipelines.config import get_settings
+        from pipelines.transform.dbt import DbtBuildError, run_dbt_build
+
+        try:
+            result = run_dbt_build(get_settings())
+        except DbtBuildError as exc:
+            # Failed data tests are deterministic: fail now, retrying cannot help.
+            raise AirflowFailException(str(exc)) from exc
         return {
             "models": result.models,
             "tests_passed": result.tests_passed,

@@ -146,6 +146,49 @@ def test_ingest_wakes_build_features_through_the_asset(airflow, api):
     assert (airflow.settings.feast_dir / "online.db").exists()
 
 
+def test_a_bad_batch_stops_build_features_before_spark(airflow, api):
+    """A batch that fails dbt's tests fails the run at dbt_build; Spark never sees it."""
+    import pyarrow as pa
+
+    from pipelines.ingest import schema
+    from pipelines.lake import write_parquet_atomic
+
+    settings = airflow.settings
+    customer_table = settings.features_dir / "customer_features"
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in customer_table.rglob("*.parquet"))
+    day = dt.date.today()
+    bad = pa.Table.from_pylist(
+        [
+            {
+                "transaction_id": 10**15,
+                "tx_datetime": dt.datetime.combine(day, dt.time(12), dt.UTC),
+                "customer_id": 1,
+                "terminal_id": 1,
+                "tx_amount": -50.0,
+            }
+        ],
+        schema=schema.TRANSACTIONS,
+    )
+    bad_file = part_path(settings.raw_transactions_dir, day, "bad-batch")
+    write_parquet_atomic(bad, bad_file)
+    try:
+        created = api.post("/dags/build_features/dagRuns", json={"logical_date": None})
+        assert created.status_code == 200, created.text
+        run = _wait_for_run(api, "build_features", created.json()["dag_run_id"])
+        assert run["state"] == "failed"
+        tis = api.get(f"/dags/build_features/dagRuns/{run['dag_run_id']}/taskInstances").json()[
+            "task_instances"
+        ]
+        states = {ti["task_id"]: ti["state"] for ti in tis}
+        assert states["dbt_build"] == "failed"
+        assert states["spark_features"] == "upstream_failed"
+        assert states["materialize_online"] == "upstream_failed"
+        after = sorted((p.name, p.stat().st_mtime_ns) for p in customer_table.rglob("*.parquet"))
+        assert after == before  # nothing downstream changed
+    finally:
+        bad_file.unlink()
+
+
 def test_down_stops_every_process_it_started(airflow):
     pids = [p.pid() for p in airflow.processes()]
     assert all(pids)
