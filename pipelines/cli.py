@@ -202,6 +202,17 @@ def features_build() -> None:
     features_materialize()
 
 
+@app.command("score-day")
+def score_day_cmd(
+    day: dt.datetime = typer.Argument(..., formats=["%Y-%m-%d"], help="Day to score."),
+) -> None:
+    """Batch-score one day of the mart with the champion (same features as online)."""
+    from serving.batch import score_day
+
+    r = score_day(get_settings(), day.date())
+    console.print(f"{r.day}: {r.rows:,} scored by v{r.model_version} {r.decisions} -> {r.path}")
+
+
 @services_app.command("up")
 def services_up() -> None:
     """Initialise the runtime folder, start Airflow, wait until healthy, print the URLs."""

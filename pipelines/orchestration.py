@@ -14,6 +14,8 @@ RAW_TRANSACTIONS = Asset(name="raw_transactions", uri="lake://raw/transactions")
 RAW_LABELS = Asset(name="raw_labels", uri="lake://raw/labels")
 # Features built, registered and materialized: the online store is fresh.
 FEATURES = Asset(name="features", uri="feast://fraud/fraud_model_v1")
+# A new registered version passed (or failed) the promotion gate.
+MODEL = Asset(name="champion_model", uri="mlflow://models/fraud-detector")
 
 DEFAULT_ARGS = {
     "owner": "fraud-platform",

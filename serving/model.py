@@ -57,6 +57,26 @@ class LoadedModel:
         return out
 
 
+def decide(probability: float, review: float, block: float) -> str:
+    """approve / review / block by the configured thresholds (same online and in batch)."""
+    if probability >= block:
+        return "block"
+    if probability >= review:
+        return "review"
+    return "approve"
+
+
+def load_champion(tracking_uri: str, name: str) -> LoadedModel:
+    """The version the champion alias points at, loaded and smoke-tested."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version = client.get_model_version_by_alias(name, ALIAS).version
+    model = load_version(client, name, str(version), ALIAS)
+    smoke_test(model)
+    return model
+
+
 def _json_tag(tags: dict[str, str], key: str, default: Any) -> Any:
     try:
         return json.loads(tags[key])

@@ -31,14 +31,6 @@ class ServiceUnavailable(bentoml.exceptions.BentoMLException):
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
-def decide(probability: float, review: float, block: float) -> str:
-    if probability >= block:
-        return "block"
-    if probability >= review:
-        return "review"
-    return "approve"
-
-
 @bentoml.service(name="fraud_scoring", traffic={"timeout": 30})
 class FraudScoringService:
     def __init__(self) -> None:
@@ -70,6 +62,7 @@ class FraudScoringService:
     def score(self, transactions: Batch, explain: bool = False) -> list[Score]:
         """Score transactions: probability, decision, model version, feature freshness."""
         from serving.features import fetch
+        from serving.model import decide
 
         model = self.watcher.current
         if model is None:

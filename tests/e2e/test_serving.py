@@ -97,6 +97,7 @@ def world(tmp_path_factory):
         "FRAUD_MODEL_POLL_SECONDS": "3600",  # swaps in these tests come from /reload
         "FRAUD_PREDICTION_LOG_FLUSH_SECONDS": "0.5",
         "BENTOML_DO_NOT_TRACK": "True",
+        "BENTOML_HOME": str(home / "bentoml"),
     }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
@@ -363,3 +364,39 @@ def test_api_key_when_configured(world):
         assert httpx.get(f"{srv.url}/readyz").status_code == 200  # probes need no key
     finally:
         srv.stop()
+
+
+def test_batch_scoring_writes_a_whole_day_idempotently(world):
+    from serving.batch import score_day
+
+    settings = world["settings"]
+    mart = world["mart"]
+    day = mart.tx_date.iloc[-1]
+    first = score_day(settings, day)
+    assert first.rows == int((mart.tx_date == day).sum()) > 0
+    table = pq.read_table(first.path).to_pandas()
+    assert set(table.transaction_id) == set(mart[mart.tx_date == day].transaction_id)
+    assert table.fraud_probability.between(0, 1).all()
+    high = table.fraud_probability >= settings.block_threshold
+    assert (table.decision[high] == "block").all()
+    again = score_day(settings, day)
+    assert again.path == first.path
+    rescored = pq.read_table(again.path).to_pandas()
+    pd.testing.assert_series_equal(rescored.fraud_probability, table.fraud_probability)
+
+
+def test_deploy_builds_smoke_tests_and_switches_the_running_service(server, world, monkeypatch):
+    import mlflow
+
+    from serving.deploy import build_bento, smoke_test_bento, switch_running_service
+
+    settings = world["settings"]
+    client = mlflow.MlflowClient(settings.tracking_uri)
+    version = str(client.get_model_version_by_alias(settings.model_name, "champion").version)
+    tag = build_bento(version)
+    assert tag.endswith(f"model-v{version}")
+    score = smoke_test_bento(tag, _tx(world["mart"]))
+    assert score["model_version"] == version
+    monkeypatch.setenv("FRAUD_SERVING_PORT", str(server.port))
+    info = switch_running_service(load_settings())
+    assert info is not None and info["version"] == version

@@ -1,0 +1,111 @@
+"""Deploying a new champion: build a Bento tagged with the model version, smoke-test it as a
+real server, then tell the running service to switch (its hot-swap does the rest)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from pipelines.config import PROJECT_ROOT, Settings
+
+BENTOFILE = PROJECT_ROOT / "serving" / "bentofile.yaml"
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _env() -> dict[str, str]:
+    # bentoml build looks for uv on PATH; the venv's bin has it.
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+
+
+def build_bento(model_version: str) -> str:
+    """``bentoml build``; returns the Bento tag (``fraud_scoring:model-v<version>``)."""
+    out = subprocess.run(
+        [
+            _bin("bentoml"),
+            "build",
+            "-f",
+            str(BENTOFILE),
+            "--version",
+            f"model-v{model_version}",
+            "--output",
+            "tag",
+            str(PROJECT_ROOT),
+        ],
+        cwd=PROJECT_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"bentoml build failed: {out.stderr[-2000:] or out.stdout[-2000:]}")
+    tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    return tag
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def smoke_test_bento(tag: str, sample: dict, timeout: float = 180) -> dict:
+    """Serve the Bento on a spare port, score ``sample`` and check the answer."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [_bin("bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bento exited: {proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            raise RuntimeError(f"bento {tag} not ready within {timeout:.0f}s")
+        response = httpx.post(f"{url}/score", json={"transactions": [sample]}, timeout=30)
+        if response.status_code != 200:
+            raise RuntimeError(f"smoke score failed: {response.status_code} {response.text}")
+        return response.json()[0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def switch_running_service(settings: Settings) -> dict | None:
+    """Ask the running service to reload the champion; None if no service is running."""
+    url = f"http://{settings.serving_host}:{settings.serving_port}"
+    headers = {"X-API-Key": settings.serving_api_key} if settings.serving_api_key else {}
+    try:
+        response = httpx.post(f"{url}/reload", json={}, headers=headers, timeout=120)
+    except httpx.ConnectError:
+        return None
+    response.raise_for_status()
+    return response.json()
