@@ -51,8 +51,9 @@ def fetch(
         }
         for t in transactions
     ]
+    # allow_cache: without it Feast re-reads the whole registry on every request.
     online = store.get_online_features(
-        features=store.get_feature_service(service), entity_rows=rows
+        features=store.get_feature_service(service, allow_cache=True), entity_rows=rows
     ).to_dict()
     frame = pd.DataFrame({name: online.get(name) for name in inputs if name in online})
     frame["tx_amount"] = [t.tx_amount for t in transactions]
