@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.lake import part_path
-from pipelines.platform.airflow import AirflowServices
-from tests.conftest import SMALL_WORLD, free_port
+from tests.e2e.conftest import running_airflow, wait_for_run
 
 pytestmark = pytest.mark.airflow
 HISTORY_DAYS = 2
@@ -24,43 +23,14 @@ HISTORY_DAYS = 2
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
-    from pipelines.config import load_settings
-
-    with pytest.MonkeyPatch.context() as mp:
-        home = tmp_path_factory.mktemp("airflow-e2e")
-        start = dt.date.today() - dt.timedelta(days=HISTORY_DAYS)
-        env = {
-            "FRAUD_HOME": str(home),
-            "FRAUD_HISTORY_START": start.isoformat(),
-            "FRAUD_AIRFLOW_PORT": str(free_port()),
-            "FRAUD_AIRFLOW_WORKER_LOG_PORT": str(free_port()),
-            "FRAUD_AIRFLOW_TRIGGER_LOG_PORT": str(free_port()),
-            **SMALL_WORLD,
-        }
-        for key, value in env.items():
-            mp.setenv(key, value)
-        services = AirflowServices(load_settings())
-        try:
-            services.up(timeout=240)
-            yield services
-        finally:
-            services.down()
+    with running_airflow(tmp_path_factory.mktemp("airflow-e2e"), HISTORY_DAYS) as services:
+        yield services
 
 
 @pytest.fixture(scope="module")
 def api(airflow) -> httpx.Client:
     with airflow.client() as client:
         yield client
-
-
-def _wait_for_run(api: httpx.Client, dag_id: str, run_id: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = api.get(f"/dags/{dag_id}/dagRuns/{run_id}").json()
-        if run["state"] in ("success", "failed"):
-            return run
-        time.sleep(2)
-    raise AssertionError(f"{dag_id} run {run_id} still {run['state']} after {timeout}s")
 
 
 def test_login_is_required(airflow):
@@ -101,7 +71,7 @@ def test_trigger_with_a_day_param_as_the_ui_does(airflow, api):
         json={"logical_date": None, "conf": {"day": day}},
     )
     assert created.status_code == 200, created.text
-    run = _wait_for_run(api, "ingest_transactions", created.json()["dag_run_id"])
+    run = wait_for_run(api, "ingest_transactions", created.json()["dag_run_id"])
     assert run["state"] == "success"
     path = part_path(airflow.settings.raw_transactions_dir, dt.date.fromisoformat(day), "simulated")
     table = pq.read_table(path)
@@ -174,7 +144,7 @@ def test_a_bad_batch_stops_build_features_before_spark(airflow, api):
     try:
         created = api.post("/dags/build_features/dagRuns", json={"logical_date": None})
         assert created.status_code == 200, created.text
-        run = _wait_for_run(api, "build_features", created.json()["dag_run_id"])
+        run = wait_for_run(api, "build_features", created.json()["dag_run_id"])
         assert run["state"] == "failed"
         tis = api.get(f"/dags/build_features/dagRuns/{run['dag_run_id']}/taskInstances").json()[
             "task_instances"

@@ -1,0 +1,51 @@
+"""Real Airflow for end-to-end tests: a temporary home, free ports, stopped afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from pipelines.config import load_settings
+from pipelines.platform.airflow import AirflowServices
+from tests.conftest import SMALL_WORLD, free_port
+
+
+@contextlib.contextmanager
+def running_airflow(home, history_days: int = 2, **env: str) -> Iterator[AirflowServices]:
+    """Airflow (api-server, scheduler, dag-processor, triggerer) on ``home``, then down."""
+    with pytest.MonkeyPatch.context() as mp:
+        start = dt.date.today() - dt.timedelta(days=history_days)
+        values = {
+            "FRAUD_HOME": str(home),
+            "FRAUD_HISTORY_START": start.isoformat(),
+            "FRAUD_AIRFLOW_PORT": str(free_port()),
+            "FRAUD_AIRFLOW_WORKER_LOG_PORT": str(free_port()),
+            "FRAUD_AIRFLOW_TRIGGER_LOG_PORT": str(free_port()),
+            **SMALL_WORLD,
+            **env,
+        }
+        for key, value in values.items():
+            mp.setenv(key, value)
+        services = AirflowServices(load_settings())
+        try:
+            services.up(timeout=240)
+            yield services
+        finally:
+            services.down()
+
+
+def wait_for_run(api: httpx.Client, dag_id: str, run_id: str, timeout: float = 240) -> dict:
+    """Poll a DAG run until it ends (success or failed)."""
+    deadline = time.monotonic() + timeout
+    run: dict = {}
+    while time.monotonic() < deadline:
+        run = api.get(f"/dags/{dag_id}/dagRuns/{run_id}").json()
+        if run["state"] in ("success", "failed"):
+            return run
+        time.sleep(2)
+    raise AssertionError(f"{dag_id} run {run_id} still {run.get('state')} after {timeout}s")
