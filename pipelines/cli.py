@@ -25,6 +25,16 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(lake_app, name="lake")
 app.add_typer(services_app, name="services")
 app.add_typer(features_app, name="features")
+
+
+def _add_stage_apps() -> None:
+    """Command groups that live beside their stage (imported lazily by typer only when used)."""
+    from pipelines.platform.cli import platform_app
+
+    app.add_typer(platform_app, name="platform", help="Service entry points (compose, tests).")
+
+
+_add_stage_apps()
 console = Console()
 
 

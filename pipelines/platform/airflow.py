@@ -141,12 +141,16 @@ class AirflowServices:
 
     def migrate(self) -> None:
         self.login()  # the password file must exist before the API server reads it
-        subprocess.run(
+        done = subprocess.run(
             [str(self.bin_dir / "airflow"), "db", "migrate"],
             env=self.env(),
-            check=True,
             capture_output=True,
+            text=True,
+            check=False,
         )
+        if done.returncode != 0:
+            tail = "\n".join((done.stderr or done.stdout).splitlines()[-20:])
+            raise RuntimeError(f"airflow db migrate failed ({self.database_url}):\n{tail}")
         if self.settings.airflow_database_url is None:
             # WAL lets readers (UI, API) proceed while a writer commits; it persists in the file.
             with contextlib.closing(sqlite3.connect(self.sqlite_path)) as db:

@@ -1,0 +1,226 @@
+"""Entry points of the deployed services: what each docker-compose service runs.
+
+Every long-running command *replaces* this Python process (``exec``) with the exact command the
+native code starts as a tracked process (``AirflowServices``, ``MlflowServer``,
+``SparkStandalone``), so a container runs what the test suite runs natively, and signals from
+the container runtime reach the service itself. The ``*-health`` commands are the containers'
+healthchecks; they exit 0 when healthy, 1 otherwise.
+
+    python -m pipelines.platform.cli --help
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from pipelines.config import get_settings
+
+platform_app = typer.Typer(
+    help="Service entry points (docker-compose commands and healthchecks) and a local Spark "
+    "standalone cluster.",
+    no_args_is_help=True,
+)
+console = Console()
+
+# Which entry of Airflow's /monitor/health answers for which component. The API server has no
+# entry of its own: that it answers with a healthy metadata DB is its health.
+AIRFLOW_HEALTH_KEY = {
+    "api-server": "metadatabase",
+    "scheduler": "scheduler",
+    "dag-processor": "dag_processor",
+    "triggerer": "triggerer",
+}
+
+
+def _exec(command: list[str], env: dict[str, str]) -> None:
+    console.print(" ".join(command), style="dim", highlight=False)
+    os.execve(command[0], command, env)
+
+
+def _component(name: str) -> str:
+    if name not in AIRFLOW_HEALTH_KEY:
+        raise typer.BadParameter(f"unknown component {name!r}; one of {list(AIRFLOW_HEALTH_KEY)}")
+    return name
+
+
+# --- Airflow -------------------------------------------------------------------------------
+@platform_app.command("airflow-init")
+def airflow_init() -> None:
+    """One-shot: pin the history start, create the secrets and login, migrate the metadata DB.
+
+    Run it once before the components start (compose: ``service_completed_successfully``), so
+    that they never race to generate the shared secrets.
+    """
+    from pipelines.platform.airflow import AirflowServices
+    from pipelines.platform.runtime import initialise
+
+    settings = initialise(get_settings())
+    airflow = AirflowServices(settings)
+    airflow.migrate()
+    login = airflow.login()
+    console.print(f"Airflow metadata DB migrated; UI {airflow.base_url}")
+    console.print(
+        f"login: {login.username} (password in "
+        f"{settings.airflow_home / 'simple_auth_manager_passwords.json.generated'})"
+    )
+
+
+@platform_app.command("airflow-component")
+def airflow_component(
+    name: str = typer.Argument(..., callback=_component, help="api-server, scheduler, ..."),
+) -> None:
+    """Run one Airflow component in the foreground, configured as ``AirflowServices`` does."""
+    from pipelines.platform.airflow import AirflowServices
+
+    airflow = AirflowServices(get_settings())
+    (proc,) = [p for p in airflow.processes() if p.name == f"airflow-{name}"]
+    _exec(proc.command, airflow.env())
+
+
+@platform_app.command("airflow-health")
+def airflow_health(
+    name: str = typer.Argument(..., callback=_component, help="api-server, scheduler, ..."),
+) -> None:
+    """Exit 0 if the API server reports this component healthy."""
+    from pipelines.platform.airflow import AirflowServices
+
+    health = AirflowServices(get_settings()).health() or {}
+    status = (health.get(AIRFLOW_HEALTH_KEY[name]) or {}).get("status")
+    console.print(f"{name}: {status or 'unreachable'}")
+    if status != "healthy":
+        raise typer.Exit(1)
+
+
+# --- MLflow --------------------------------------------------------------------------------
+@platform_app.command("mlflow-server")
+def mlflow_server(
+    backend_store_uri: str = typer.Option(
+        ..., envvar="MLFLOW_BACKEND_STORE_URI", help="SQLAlchemy URL of the tracking DB."
+    ),
+    artifacts_destination: str = typer.Option(
+        ..., envvar="MLFLOW_ARTIFACTS_DESTINATION", help="Where proxied artifacts are stored."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 in a container)."),
+    port: int = typer.Option(5000),
+    allowed_hosts: str | None = typer.Option(
+        None, envvar="MLFLOW_SERVER_ALLOWED_HOSTS", help="Host headers accepted, e.g. mlflow:*."
+    ),
+) -> None:
+    """Run the MLflow tracking server in the foreground (as ``MlflowServer`` starts it)."""
+    from pipelines.platform.mlflow import server_command, server_env
+
+    command = server_command(
+        backend_store_uri, artifacts_destination, host=host, port=port, allowed_hosts=allowed_hosts
+    )
+    _exec(command, server_env())
+
+
+@platform_app.command("http-ok")
+def http_ok(url: str = typer.Argument(..., help="e.g. http://127.0.0.1:5000/health")) -> None:
+    """Exit 0 if ``url`` answers 200 (healthcheck of MLflow and BentoML)."""
+    from pipelines.platform.mlflow import healthy
+
+    if not healthy(url):
+        console.print(f"{url}: not healthy")
+        raise typer.Exit(1)
+
+
+# --- Spark standalone ----------------------------------------------------------------------
+@platform_app.command("spark-master")
+def spark_master(
+    host: str = typer.Option("127.0.0.1", help="Address/name the master binds and advertises."),
+    port: int = typer.Option(7077),
+    webui_port: int = typer.Option(8081),
+) -> None:
+    """Run a Spark standalone master in the foreground (pyspark's spark-class)."""
+    from pipelines.platform.spark import daemon_env, master_command
+
+    _exec(master_command(host, port, webui_port), daemon_env(host))
+
+
+@platform_app.command("spark-worker")
+def spark_worker(
+    master_url: str = typer.Argument(..., help="spark://host:port"),
+    host: str | None = typer.Option(
+        "127.0.0.1", help="Address/name to bind and advertise; empty = this machine's address."
+    ),
+    port: int = typer.Option(7078),
+    webui_port: int = typer.Option(8082),
+    cores: int = typer.Option(1, help="Cores offered to executors."),
+    memory: str = typer.Option("1g", help="Memory offered to executors."),
+    work_dir: Path | None = typer.Option(None, help="Executor scratch; default <home>/spark."),
+) -> None:
+    """Run a Spark standalone worker in the foreground, registered with ``master_url``."""
+    from pipelines.platform.spark import daemon_env, worker_command
+
+    work = work_dir or get_settings().home / "spark" / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    command = worker_command(
+        master_url,
+        host=host or None,
+        port=port,
+        webui_port=webui_port,
+        cores=cores,
+        memory=memory,
+        work_dir=work,
+    )
+    _exec(command, daemon_env(host or None))
+
+
+@platform_app.command("spark-health")
+def spark_health(
+    webui_url: str = typer.Option("http://127.0.0.1:8081", help="The master's web UI."),
+    min_workers: int = typer.Option(0, help="ALIVE workers required."),
+) -> None:
+    """Exit 0 if the master is ALIVE with at least ``min_workers`` ALIVE workers."""
+    from pipelines.platform.spark import alive_workers, master_status
+
+    status = master_status(webui_url)
+    workers = len(alive_workers(status))
+    console.print(f"master: {(status or {}).get('status', 'unreachable')}, workers: {workers}")
+    if not status or status.get("status") != "ALIVE" or workers < min_workers:
+        raise typer.Exit(1)
+
+
+@platform_app.command("spark-up")
+def spark_up(
+    port: int = typer.Option(7077),
+    webui_port: int = typer.Option(8081),
+    worker_port: int = typer.Option(7078),
+    worker_webui_port: int = typer.Option(8082),
+    cores: int = typer.Option(1, help="Cores the worker offers."),
+    memory: str = typer.Option("1g", help="Memory the worker offers."),
+) -> None:
+    """Start a local standalone master + worker in the background (PID files in <home>/run)."""
+    from pipelines.platform.spark import SparkStandalone
+
+    cluster = SparkStandalone(
+        home=get_settings().home,
+        master_port=port,
+        master_webui_port=webui_port,
+        worker_port=worker_port,
+        worker_webui_port=worker_webui_port,
+        worker_cores=cores,
+        worker_memory=memory,
+    )
+    with console.status("starting Spark master and worker…"):
+        cluster.up()
+    console.print(f"[green]Spark standalone ready[/]  master {cluster.master_url}")
+    console.print(f"  UI: {cluster.webui_url}   use it: FRAUD_SPARK_MASTER={cluster.master_url}")
+
+
+@platform_app.command("spark-down")
+def spark_down() -> None:
+    """Stop the local standalone cluster ``spark-up`` started (found by its PID files)."""
+    from pipelines.platform.spark import SparkStandalone
+
+    stopped = SparkStandalone(home=get_settings().home).down()
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+if __name__ == "__main__":
+    platform_app(prog_name="python -m pipelines.platform.cli")

@@ -1,0 +1,143 @@
+"""The production profile against this machine's real PostgreSQL and Redis.
+
+Every test gets fresh resources and removes them: a PostgreSQL database per use
+(``fraud_test_<purpose>_<random>``, dropped at the end of the session) and a Feast project
+name per test module (Redis keys end with the project name; deleted afterwards). Connection
+defaults follow libpq's variables (PGHOST, PGPORT, PGUSER) and REDIS_HOST/REDIS_PORT.
+
+A test skips (with the reason) only when the server does not answer at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import Settings, get_settings, load_settings
+
+PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("PGPORT", "5432"))
+PG_USER = os.environ.get("PGUSER", "postgres")
+REDIS_HOST = os.environ.get("REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("REDIS_PORT", "6379"))
+
+FIRST_DAY = dt.date(2018, 4, 1)
+N_DAYS = 20
+# A small world keeps the whole production suite within minutes on 2 cores.
+BASE_ENV = {
+    "FRAUD_N_CUSTOMERS": "200",
+    "FRAUD_N_TERMINALS": "400",
+    "FRAUD_HISTORY_START": FIRST_DAY.isoformat(),
+    "FRAUD_LABEL_DELAY_DAYS": "7",
+}
+
+
+def pg_url(database: str, driver: str = "postgresql+psycopg2") -> str:
+    return f"{driver}://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+
+
+def _admin_connection():
+    import psycopg2
+
+    conn = psycopg2.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=5
+    )
+    conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
+    return conn
+
+
+@contextlib.contextmanager
+def profile(**env: str | Path) -> Iterator[Settings]:
+    """Settings of a profile given as FRAUD_* variables, set in os.environ while inside.
+
+    Feast reads the settings of the environment when it imports feature_repo/ (apply), and
+    Airflow components inherit the environment: both need the variables set, not just the
+    Settings object.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {**BASE_ENV, **env}.items():
+            mp.setenv(key, str(value))
+        get_settings.cache_clear()
+        try:
+            yield load_settings()
+        finally:
+            get_settings.cache_clear()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> None:
+    """Skip (with the reason) if PostgreSQL does not answer."""
+    import psycopg2
+
+    try:
+        _admin_connection().close()
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT} as {PG_USER}: {exc}")
+
+
+@pytest.fixture(scope="session")
+def fresh_database(postgres) -> Iterator[Callable[[str], str]]:
+    """Factory: create an empty database for a purpose, return its name; all dropped at end."""
+    created: list[str] = []
+
+    def create(purpose: str) -> str:
+        name = f"fraud_test_{purpose}_{secrets.token_hex(4)}"
+        with contextlib.closing(_admin_connection()) as conn, conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return name
+
+    yield create
+    with contextlib.closing(_admin_connection()) as conn, conn.cursor() as cur:
+        for name in created:
+            # FORCE: a server we stopped may leave a pooled connection behind for a moment.
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def database_exists(name: str) -> bool:
+    with contextlib.closing(_admin_connection()) as conn, conn.cursor() as cur:
+        cur.execute("select 1 from pg_database where datname = %s", (name,))
+        return cur.fetchone() is not None
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.skip(f"Redis not reachable at {REDIS_HOST}:{REDIS_PORT}: {exc}")
+    yield client
+    client.close()
+
+
+def redis_keys(client, project: str) -> list[bytes]:
+    """Feast's Redis keys of one project: the serialized entity key followed by the project."""
+    return list(client.scan_iter(match=f"*{project}".encode(), count=1000))
+
+
+@pytest.fixture(scope="session")
+def small_lake(tmp_path_factory) -> Settings:
+    """20 simulated days through dbt and the Spark job on local[2]: the reference tables."""
+    from pipelines.features.runner import run_feature_job
+    from pipelines.ingest.simulated import ingest_simulated_day
+    from pipelines.simulate import SimulationConfig, TransactionSimulator
+    from pipelines.transform.dbt import run_dbt_build
+
+    home = tmp_path_factory.mktemp("production-lake")
+    with profile(FRAUD_HOME=home, FRAUD_SPARK_MASTER="local[2]") as settings:
+        sim = TransactionSimulator(SimulationConfig.from_settings(settings))
+        for i in range(N_DAYS):
+            ingest_simulated_day(FIRST_DAY + dt.timedelta(days=i), settings, simulator=sim)
+        run_dbt_build(settings)
+        run_feature_job(settings)
+    return settings
