@@ -223,40 +223,60 @@ def score_day_cmd(
     console.print(f"{r.day}: {r.rows:,} scored by v{r.model_version} {r.decisions} -> {r.path}")
 
 
+def _stack(settings):
+    from pipelines.platform.airflow import AirflowServices
+    from pipelines.platform.mlflow import MlflowServer
+    from pipelines.platform.scoring import ScoringService
+
+    mlflow = MlflowServer(
+        home=settings.home,
+        backend_store_uri=settings.tracking_uri,
+        artifacts_destination=str(settings.mlflow_dir / "artifacts"),
+        port=settings.mlflow_ui_port,
+    )
+    return AirflowServices(settings), mlflow, ScoringService(settings)
+
+
 @services_app.command("up")
 def services_up() -> None:
-    """Initialise the runtime folder, start Airflow, wait until healthy, print the URLs."""
-    from pipelines.platform.airflow import AirflowServices
+    """Initialise ./var, start Airflow, the MLflow UI and the scoring API; print the URLs."""
     from pipelines.platform.runtime import initialise
 
     settings = initialise(get_settings())
-    airflow = AirflowServices(settings)
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    airflow, mlflow, scoring = _stack(settings)
     with console.status("starting Airflow (api-server, scheduler, dag-processor, triggerer)…"):
         airflow.up()
+    with console.status("starting the MLflow UI…"):
+        mlflow.up()
+    with console.status("starting the scoring API (bentoml serve)…"):
+        scoring.up()
     login = airflow.login()
-    console.print(f"[green]Airflow is healthy[/]  UI: {airflow.base_url}")
-    console.print(f"  login: {login.username} / {login.password}")
-    console.print(f"  history: daily ingest backfills from {settings.history_start_date}")
-    console.print(f"  logs: {settings.home / 'logs'}   stop: make down")
+    console.print(
+        f"[green]Airflow[/]      {airflow.base_url}   login: {login.username} / {login.password}"
+    )
+    console.print(f"[green]MLflow UI[/]    {mlflow.url}")
+    ready = "ready" if scoring.ready() else "waiting for the first champion model"
+    console.print(f"[green]Scoring API[/]  {scoring.url}/score   ({ready})")
+    console.print(f"history: the daily ingest backfills from {settings.history_start_date}")
+    console.print(f"logs: {settings.home / 'logs'}   stop: make down")
 
 
 @services_app.command("down")
 def services_down() -> None:
-    """Stop the services `up` started (by PID file)."""
-    from pipelines.platform.airflow import AirflowServices
-
-    stopped = AirflowServices(get_settings()).down()
+    """Stop what `up` started (by PID file)."""
+    airflow, mlflow, scoring = _stack(get_settings())
+    stopped = [*airflow.down(), *(["mlflow-server"] if mlflow.down() else [])]
+    stopped += ["bentoml-serve"] if scoring.down() else []
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @services_app.command("status")
 def services_status() -> None:
     """Which services run, and Airflow's health."""
-    from pipelines.platform.airflow import AirflowServices
-
-    airflow = AirflowServices(get_settings())
-    for proc in airflow.processes():
-        console.print(
-            f"{proc.name:24} {'running pid ' + str(proc.pid()) if proc.is_running() else 'stopped'}"
-        )
-    console.print(f"health: {airflow.health()}")
+    airflow, mlflow, scoring = _stack(get_settings())
+    for proc in [*airflow.processes(), mlflow.process(), scoring.process()]:
+        pid = proc.pid()
+        console.print(f"{proc.name:24} {f'running (pid {pid})' if pid else 'stopped'}")
+    console.print(f"airflow health: {airflow.health()}")
+    console.print(f"scoring API ready: {scoring.ready()}")

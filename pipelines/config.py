@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         None, description="MLflow tracking/registry URI; default SQLite in <home>/mlflow."
     )
+    mlflow_ui_port: int = Field(5000, description="Port of the MLflow UI server `make up` starts.")
     mlflow_experiment: str = Field("fraud-detection", description="MLflow experiment name.")
     model_name: str = Field("fraud-detector", description="Registered model name.")
     optuna_storage: str | None = Field(
