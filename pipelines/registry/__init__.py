@@ -1,0 +1,1 @@
+"""Model registry: versions, the promotion gate and rollback (MLflow aliases, never stages)."""

@@ -1,0 +1,282 @@
+"""Hyperparameter search: Optuna TPE + median pruning on per-epoch validation AP.
+
+The study is persistent (``settings.study_storage``) and named after the model and the data
+windows, so calling ``run_study`` again for the same windows resumes it: the trial budget is
+the study's total of finished trials, not a per-call count, and the sampler is seeded with the
+number of trials already in the study so a resumed search does not replay the first draws.
+A trial left RUNNING by a killed process is failed by its missed heartbeats and retried once.
+
+Each trial trains on the model-selection split (``validation_train`` -> ``validation``) and is
+an MLflow child run of the training run (params, per-epoch curves, outcome).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.config import Settings
+from pipelines.training.dataset import LABEL, ProtocolData
+from pipelines.training.model import (
+    EpochRecord,
+    HyperParams,
+    Preprocessing,
+    configure_threads,
+    predict_logits,
+    train_network,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+TRAINING_SEED = 0
+PATIENCE = 3  # epochs without a better validation AP before a trial stops
+HEARTBEAT_SECONDS = 30
+# Part of the study name: a changed search space starts a new study instead of resuming one
+# whose distributions no longer match.
+SEARCH_SPACE = "space1"
+# Trial outcomes that count against the budget (a FAILed trial is retried, not counted).
+_FINISHED = ("COMPLETE", "PRUNED")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One configuration: network hyperparameters and the input encoding."""
+
+    hyper: HyperParams
+    bins: int  # 0: standardised inputs only; N: plus piecewise-linear encoding on N bins
+
+    def as_params(self) -> dict[str, Any]:
+        return {**self.hyper.as_params(), "bins": self.bins}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> TrialSpec:
+        values = dict(params)
+        bins = int(values.pop("bins", 0))
+        return cls(HyperParams(**values), bins)
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    number: int
+    value: float  # best validation AP
+    spec: TrialSpec
+    best_epoch: int
+    threshold: float  # max-F1 score threshold on validation
+
+
+@dataclass
+class TuningResult:
+    study_name: str
+    finished_trials: int  # in the whole study
+    trials_this_call: int
+    best: TrialSummary
+    top: list[TrialSummary] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def suggest(trial: optuna.Trial) -> TrialSpec:
+    """The search space (fixed names: a resumed study must see the same distributions)."""
+    hyper = HyperParams(
+        hidden_units=trial.suggest_categorical("hidden_units", [64, 128, 256]),
+        hidden_layers=trial.suggest_int("hidden_layers", 1, 3),
+        dropout=trial.suggest_float("dropout", 0.0, 0.4),
+        learning_rate=trial.suggest_float("learning_rate", 3e-4, 1e-2, log=True),
+        weight_decay=trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True),
+        batch_size=trial.suggest_categorical("batch_size", [256, 512, 1024, 2048]),
+        fraud_weight=trial.suggest_float("fraud_weight", 1.0, 10.0, log=True),
+        focal_gamma=trial.suggest_categorical("focal_gamma", [0.0, 1.0, 2.0]),
+    )
+    return TrialSpec(hyper, trial.suggest_categorical("bins", [0, 8, 16]))
+
+
+def study_name(settings: Settings, data: ProtocolData) -> str:
+    return f"{settings.model_name}-{data.service}-{data.windows.key}-{SEARCH_SPACE}"
+
+
+def open_study(settings: Settings, name: str, seed: int = TRAINING_SEED) -> optuna.Study:
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    url = settings.study_storage
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # Heartbeats are flagged "experimental" in Optuna 5; they are what makes resume safe.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=3 * HEARTBEAT_SECONDS,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True
+    )
+    # Seeded by the study's length: reproducible, yet a resumed call draws new points.
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    return study
+
+
+class _SelectionData:
+    """The model-selection matrices, preprocessed once per encoding."""
+
+    def __init__(self, data: ProtocolData) -> None:
+        train, valid = data.frames["validation_train"], data.frames["validation"]
+        self.inputs = data.inputs
+        self.raw_train = train[data.inputs].to_numpy(np.float64)
+        self.y_train = train[LABEL].to_numpy()
+        self.raw_valid = valid[data.inputs].to_numpy(np.float64)
+        self.y_valid = valid[LABEL].to_numpy()
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def matrices(self, bins: int) -> tuple[np.ndarray, np.ndarray]:
+        if bins not in self._cache:
+            pre = Preprocessing.fit(self.inputs, self.raw_train, self.y_train, bins)
+            self._cache[bins] = (pre.transform(self.raw_train), pre.transform(self.raw_valid))
+        return self._cache[bins]
+
+
+def _summary(trial: optuna.trial.FrozenTrial) -> TrialSummary:
+    return TrialSummary(
+        number=trial.number,
+        value=float(trial.value),
+        spec=TrialSpec.from_params(trial.params),
+        best_epoch=int(trial.user_attrs["best_epoch"]),
+        threshold=float(trial.user_attrs["threshold"]),
+    )
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name in _FINISHED]
+
+
+def ranked_trials(study: optuna.Study) -> list[TrialSummary]:
+    """Completed trials, best validation AP first (ties: the earlier trial)."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    return [_summary(t) for t in sorted(done, key=lambda t: (-t.value, t.number))]
+
+
+def run_study(
+    settings: Settings,
+    data: ProtocolData,
+    *,
+    n_trials: int | None = None,
+    timeout_seconds: float | None = None,
+    parent_run_id: str | None = None,
+    top_k: int = 1,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+) -> TuningResult:
+    """Run (or resume) the study of ``data``'s windows until it has ``n_trials`` finished
+    trials (default ``settings.tuning_trials``) or ``timeout_seconds`` pass (default
+    ``settings.tuning_timeout_seconds``). Returns the best ``top_k`` completed trials."""
+    import optuna
+
+    from pipelines.training import tracking
+    from pipelines.training.metrics import best_f1_threshold
+
+    configure_threads(settings.torch_threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    target = n_trials if n_trials is not None else settings.tuning_trials
+    timeout = timeout_seconds if timeout_seconds is not None else settings.tuning_timeout_seconds
+    name = study_name(settings, data)
+    study = open_study(settings, name)
+    selection = _SelectionData(data)
+    max_epochs = settings.max_epochs
+    started = time.monotonic()
+
+    def objective(trial: optuna.Trial) -> float:
+        spec = suggest(trial)
+        x_train, x_valid = selection.matrices(spec.bins)
+        child = tracking.start_child_run(settings, parent_run_id, trial.number, spec.as_params())
+
+        def on_epoch(record: EpochRecord) -> None:
+            trial.report(record.validation_ap, record.epoch)
+            tracking.log_epoch(settings, child, record, prefix="")
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {record.epoch}")
+
+        try:
+            trained = train_network(
+                x_train,
+                selection.y_train,
+                spec.hyper,
+                seed=TRAINING_SEED,
+                max_epochs=max_epochs,
+                x_valid=x_valid,
+                y_valid=selection.y_valid,
+                patience=PATIENCE,
+                on_epoch=on_epoch,
+            )
+        except optuna.TrialPruned:
+            tracking.end_child_run(settings, child, "PRUNED", {})
+            raise
+        except Exception:
+            tracking.end_child_run(settings, child, "FAIL", {})
+            raise
+        scores = predict_logits(trained.network, _tensor(x_valid))
+        threshold = best_f1_threshold(selection.y_valid, 1 / (1 + np.exp(-scores)))
+        trial.set_user_attr("best_epoch", trained.best_epoch)
+        trial.set_user_attr("threshold", threshold)
+        tracking.end_child_run(
+            settings,
+            child,
+            "COMPLETE",
+            {
+                "validation_average_precision": trained.best_validation_ap,
+                "best_epoch": trained.best_epoch,
+                "threshold": threshold,
+            },
+        )
+        return float(trained.best_validation_ap)
+
+    remaining = target - len(finished_trials(study))
+    ran = 0
+    if remaining > 0:
+        before = len(study.trials)
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            timeout=timeout,
+            callbacks=list(callbacks),
+            catch=(ValueError, FloatingPointError),
+            gc_after_trial=False,
+        )
+        ran = len(study.trials) - before
+    ranked = ranked_trials(study)
+    if not ranked:
+        raise RuntimeError(f"study {name} has no completed trial")
+    result = TuningResult(
+        study_name=name,
+        finished_trials=len(finished_trials(study)),
+        trials_this_call=ran,
+        best=ranked[0],
+        top=ranked[:top_k],
+        seconds=time.monotonic() - started,
+    )
+    log.info(
+        "study %s: %d finished trials (%d this call), best validation AP %.4f (trial %d)",
+        name,
+        result.finished_trials,
+        ran,
+        result.best.value,
+        result.best.number,
+    )
+    return result
+
+
+def _tensor(x: np.ndarray) -> Any:
+    import torch
+
+    return torch.as_tensor(x, dtype=torch.float32)
