@@ -1,0 +1,201 @@
+"""What monitoring reads: a day of transactions (from the mart) and a day of the prediction log.
+
+Transactions come with *context columns* recomputed from the mart in DuckDB, using the
+definitions of the Spark feature job (``pipelines/features/job.py``): the customer's
+transaction counts in the last hour and day (current one included), the amount relative to the
+customer's other transactions of the last 30 days, and whether the customer used this terminal
+in the last 30 days. They are what the drift scenarios move (spending, card testing bursts,
+customers at unfamiliar terminals) and they need neither Spark nor Feast, so the monitor runs
+as soon as the mart holds the day. The model's own inputs, as served, are monitored through
+the prediction log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from pipelines.config import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# The longest window of the context columns: the mart is read this far before the day.
+CONTEXT_LOOKBACK_DAYS = 30
+TRANSACTION_COLUMNS = [
+    "tx_amount",
+    "tx_hour",
+    "tx_during_night",
+    "tx_during_weekend",
+    "customer_nb_tx_1h",
+    "customer_nb_tx_1d",
+    "customer_amount_ratio_30d",
+    "customer_terminal_is_new",
+]
+# Prediction-log columns that are not monitored (identifiers and times).
+PREDICTION_LOG_KEYS = [
+    "transaction_id",
+    "tx_datetime",
+    "customer_id",
+    "terminal_id",
+    "request_time",
+]
+FEATURE_PREFIX = "feature_"
+
+# Windows as in the feature job: (t - w, t] on whole seconds; "1 preceding" leaves out the
+# current transaction (and, with second resolution, others in the same second).
+_DAY_SQL = """
+with tx as (
+    select transaction_id, tx_datetime, customer_id, terminal_id, tx_amount,
+           tx_during_weekend, tx_during_night,
+           cast(epoch(tx_datetime) as bigint) as ts
+    from read_parquet($path)
+    where tx_datetime >= $lookback_start and tx_datetime < $end
+),
+windows as (
+    select *,
+        count(*) over (partition by customer_id order by ts
+                       range between 3599 preceding and current row) as customer_nb_tx_1h,
+        count(*) over (partition by customer_id order by ts
+                       range between 86399 preceding and current row) as customer_nb_tx_1d,
+        avg(tx_amount) over (partition by customer_id order by ts
+                       range between 2591999 preceding and 1 preceding) as other_avg_30d,
+        count(*) over (partition by customer_id, terminal_id order by ts
+                       range between 2591999 preceding and 1 preceding) as pair_before_30d
+    from tx
+)
+select
+    transaction_id,
+    tx_amount,
+    cast(hour(timezone('UTC', tx_datetime)) as bigint) as tx_hour,
+    cast(tx_during_night as bigint) as tx_during_night,
+    cast(tx_during_weekend as bigint) as tx_during_weekend,
+    customer_nb_tx_1h,
+    customer_nb_tx_1d,
+    -- 1.0 when there is no earlier transaction to compare with, as the feature job does.
+    coalesce(tx_amount / case when other_avg_30d > 0 then other_avg_30d end, 1.0)
+        as customer_amount_ratio_30d,
+    cast(pair_before_30d = 0 as bigint) as customer_terminal_is_new
+from windows
+where tx_datetime >= $start
+order by tx_datetime, transaction_id
+"""
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.UTC)
+
+
+def mart_has_day(settings: Settings, day: dt.date) -> bool:
+    """True once the mart export holds transactions of ``day`` (ingest and dbt have run)."""
+    import duckdb
+
+    from pipelines.transform.dbt import mart_file
+
+    path = mart_file(settings)
+    if not path.exists():
+        return False
+    with duckdb.connect() as con:
+        found = con.execute(
+            "select count(*) from read_parquet(?) where tx_datetime >= ? and tx_datetime < ?",
+            [str(path), _midnight(day), _midnight(day + dt.timedelta(days=1))],
+        ).fetchone()[0]
+    return found > 0
+
+
+def read_transactions_day(
+    settings: Settings, day: dt.date, lookback_days: int = CONTEXT_LOOKBACK_DAYS
+) -> pd.DataFrame:
+    """The transactions of ``day`` with their context columns (``TRANSACTION_COLUMNS``)."""
+    import duckdb
+
+    from pipelines.transform.dbt import mart_file
+
+    path = mart_file(settings)
+    if not path.exists():
+        raise FileNotFoundError(f"no fct_transactions export at {path}: run dbt first")
+    start = _midnight(day)
+    params = {
+        "path": str(path),
+        "start": start,
+        "end": start + dt.timedelta(days=1),
+        "lookback_start": start - dt.timedelta(days=lookback_days),
+    }
+    with duckdb.connect() as con:
+        return con.execute(_DAY_SQL, params).df()
+
+
+def prediction_log_files(settings: Settings, day: dt.date) -> list[str]:
+    folder = settings.predictions_dir / f"date={day.isoformat()}"
+    if not folder.is_dir():
+        return []
+    # Hidden files are a writer's temporary parts (see pipelines.lake).
+    return sorted(str(p) for p in folder.glob("*.parquet") if not p.name.startswith("."))
+
+
+def read_prediction_log(
+    settings: Settings, first: dt.date, last: dt.date | None = None
+) -> pd.DataFrame | None:
+    """Prediction-log rows of days ``first`` .. ``last`` (None when the log has none).
+
+    A transaction scored twice (a client retry) keeps its latest score.
+    """
+    import duckdb
+
+    from pipelines.monitoring.profiles import days_between
+
+    files = [
+        f for d in days_between(first, last or first) for f in prediction_log_files(settings, d)
+    ]
+    if not files:
+        return None
+    with duckdb.connect() as con:
+        # union_by_name: a flush whose batch had a column all-NULL may type it differently.
+        frame = con.execute(
+            """
+            select * from read_parquet(?, union_by_name = true)
+            qualify row_number() over (
+                partition by transaction_id order by request_time desc) = 1
+            order by tx_datetime, transaction_id
+            """,
+            [files],
+        ).df()
+    return frame if len(frame) else None
+
+
+def prediction_profile_frame(log: pd.DataFrame) -> pd.DataFrame:
+    """The monitored part of the prediction log, inputs named as the model names them."""
+    monitored = log.drop(columns=[c for c in PREDICTION_LOG_KEYS if c in log.columns])
+    return monitored.rename(columns={c: c.removeprefix(FEATURE_PREFIX) for c in monitored.columns})
+
+
+def read_labelled_scores(
+    settings: Settings, first: dt.date, last: dt.date, model_version: str | None
+) -> pd.DataFrame | None:
+    """Scores of ``model_version`` (any version if None) for days whose labels have arrived,
+    joined with their labels from the mart: columns tx_day, customer_id, tx_fraud, score."""
+    import duckdb
+
+    from pipelines.transform.dbt import mart_file
+
+    log = read_prediction_log(settings, first, last)
+    path = mart_file(settings)
+    if log is None or not path.exists():
+        return None
+    if model_version is not None:
+        log = log[log["model_version"].astype(str) == str(model_version)]
+    if log.empty:
+        return None
+    with duckdb.connect() as con:
+        con.register("scores", log[["transaction_id", "fraud_probability"]])
+        frame = con.execute(
+            """
+            select cast(timezone('UTC', m.tx_datetime) as date) as tx_day, m.customer_id,
+                   m.tx_fraud, s.fraud_probability as score
+            from scores s join read_parquet(?) m using (transaction_id)
+            where m.tx_fraud is not null
+            order by m.tx_datetime, m.transaction_id
+            """,
+            [str(path)],
+        ).df()
+    return frame if len(frame) else None

@@ -1,0 +1,92 @@
+"""When a retrain decision may start ``train_model``: the deduplication rules, as pure functions.
+
+A retrain decision triggers a ``train_model`` run only if all hold:
+
+1. no ``train_model`` run is queued or running (whoever started it);
+2. no ``train_model`` run was triggered in the last ``cooldown_days`` days (wall clock): the
+   monitor gives the runs it triggers the logical date *midnight UTC of the day it triggers
+   them*, so "a run within the cooldown" is a lookup of ``cooldown_days`` exact logical dates.
+   Wall clock, not monitored day: a backfill of thirty drifted days monitored in one afternoon
+   is one storm and must start one training;
+3. the run id is derived from the monitored interval (``drift_retrain__<day>``): a rerun of the
+   same interval, whenever it happens, asks Airflow for the same run id, and Airflow creates a
+   run id once (the second request is skipped: ``skip_when_already_exists``). Stricter than an
+   id per (interval, cooldown bucket), which would let a rerun after the cooldown train again.
+
+The Airflow side (``pipelines.monitoring.trigger``) asks the metadata DB through the Task SDK
+(``get_dr_count``) for 1 and 2, and runs one trigger task at a time across all monitor runs
+(``max_active_tis_per_dag=1``), so a check and its trigger are never interleaved with another.
+Runs started by hand (logical date = the click time) count for rule 1 but not for rule 2.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+TRAIN_DAG_ID = "train_model"
+RETRAIN_COOLDOWN_DAYS = 7
+ACTIVE_STATES = ("queued", "running")
+
+
+def retrain_run_id(day: dt.date) -> str:
+    """The run id of the training asked for by monitored day ``day`` (one per interval)."""
+    return f"drift_retrain__{day.isoformat()}"
+
+
+def trigger_logical_date(now: dt.datetime) -> dt.datetime:
+    """The logical date of a run triggered at ``now``: midnight UTC of that day."""
+    return dt.datetime.combine(now.astimezone(dt.UTC).date(), dt.time(), dt.UTC)
+
+
+def cooldown_logical_dates(
+    now: dt.datetime, cooldown_days: int = RETRAIN_COOLDOWN_DAYS
+) -> list[dt.datetime]:
+    """Logical dates of monitor-triggered runs that keep a trigger at ``now`` in cooldown."""
+    if cooldown_days < 1:
+        raise ValueError("cooldown_days must be >= 1")
+    today = trigger_logical_date(now)
+    return [today - dt.timedelta(days=i) for i in range(cooldown_days)]
+
+
+@dataclass(frozen=True)
+class TriggerVerdict:
+    trigger: bool
+    reason: str
+
+
+def trigger_verdict(active_runs: int, recent_runs: int, cooldown_days: int) -> TriggerVerdict:
+    if active_runs:
+        return TriggerVerdict(False, f"{active_runs} {TRAIN_DAG_ID} run(s) queued or running")
+    if recent_runs:
+        return TriggerVerdict(
+            False, f"{TRAIN_DAG_ID} was triggered within the last {cooldown_days} day(s)"
+        )
+    return TriggerVerdict(True, "no training running and none within the cooldown")
+
+
+def retrain_conf(
+    day: dt.date,
+    reasons: list[str],
+    drifted_columns: list[str],
+    label_delay_days: int,
+    reference: dict | None = None,
+) -> dict:
+    """The conf of the triggered ``train_model`` run.
+
+    ``reason`` is its declared param (it tags the MLflow run); the rest tells a reader which
+    drift asked for it. ``test_end`` is left to ``train_model`` (the newest fully labelled day).
+    """
+    summary = reasons[0] if reasons else "drift"
+    more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
+    return {
+        "reason": f"drift {day.isoformat()}: {summary}{more}"[:500],
+        "drifted_columns": list(drifted_columns),
+        "window": {
+            "monitored_day": day.isoformat(),
+            "labelled_until": (day - dt.timedelta(days=label_delay_days)).isoformat(),
+            "reference": reference,
+        },
+        "reasons": list(reasons),
+        "source": "monitor_drift",
+    }
