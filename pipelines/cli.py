@@ -29,8 +29,13 @@ app.add_typer(features_app, name="features")
 
 def _add_stage_apps() -> None:
     """Command groups that live beside their stage (imported lazily by typer only when used)."""
+    from pipelines.monitoring.cli import monitor_app
     from pipelines.platform.cli import platform_app
+    from pipelines.training.cli import registry_app, train_app
 
+    app.add_typer(train_app, name="train")
+    app.add_typer(registry_app, name="registry")
+    app.add_typer(monitor_app, name="monitor")
     app.add_typer(platform_app, name="platform", help="Service entry points (compose, tests).")
 
 
