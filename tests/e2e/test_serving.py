@@ -400,3 +400,65 @@ def test_deploy_builds_smoke_tests_and_switches_the_running_service(server, worl
     monkeypatch.setenv("FRAUD_SERVING_PORT", str(server.port))
     info = switch_running_service(load_settings())
     assert info is not None and info["version"] == version
+
+
+def test_served_score_equals_the_offline_score_for_the_same_state(server, world):
+    """Online (Feast online store) and offline (historical retrieval) paths agree exactly."""
+    from serving.model import load_champion
+
+    settings, mart = world["settings"], world["mart"]
+    httpx.post(f"{server.url}/reload", json={}, timeout=60)
+    last = mart.iloc[-1]
+    when = mart.tx_datetime.max() + pd.Timedelta(minutes=5)  # after every materialized row
+    tx = {
+        "transaction_id": 123_456,
+        "customer_id": int(last.customer_id),
+        "terminal_id": int(last.terminal_id),
+        "tx_amount": 77.7,
+        "tx_datetime": when.isoformat(),
+    }
+    served = httpx.post(f"{server.url}/score", json={"transactions": [tx]}).json()[0]
+
+    model = load_champion(settings.tracking_uri, settings.model_name)
+    assert served["model_version"] == model.version
+    request = pd.DataFrame([{**tx, "tx_datetime": when}])
+    offline = store.historical_features(
+        settings, store.training_entities(request), model.feature_service
+    )
+    offline_score = model.predict(offline[model.inputs].astype("float64"))[0]
+    assert served["fraud_probability"] == pytest.approx(offline_score, abs=1e-6)
+
+
+def test_hot_swap_under_concurrent_requests_fails_no_request(server, world):
+    import concurrent.futures as cf
+    import threading
+
+    import mlflow
+
+    settings = world["settings"]
+    client = mlflow.MlflowClient(settings.tracking_uri)
+    before = httpx.post(f"{server.url}/model_info", json={}).json()["version"]
+    new = _register(settings, world["frame"], world["inputs"], scale=3.0)
+    stop = threading.Event()
+
+    def hammer(worker: int) -> list[tuple[int, str]]:
+        seen = []
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post("/score", json={"transactions": [_tx(world["mart"], worker)]})
+                seen.append((r.status_code, r.json()[0]["model_version"] if r.is_success else ""))
+        return seen
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(hammer, i) for i in range(4)]
+        time.sleep(1)
+        client.set_registered_model_alias(settings.model_name, "champion", new)
+        assert httpx.post(f"{server.url}/reload", json={}, timeout=60).json()["version"] == new
+        time.sleep(1)
+        stop.set()
+        results = [item for f in futures for item in f.result()]
+    assert all(status == 200 for status, _ in results), {s for s, _ in results}
+    versions = [v for _, v in results]
+    assert {before, new} <= set(versions)
+    # Once the new version answered, the old one never came back.
+    assert before not in versions[versions.index(new) :] or len(futures) > 1
