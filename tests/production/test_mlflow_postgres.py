@@ -59,12 +59,27 @@ def _rows(database: str, sql: str) -> list[tuple]:
 def test_run_registered_version_and_alias_live_in_postgres(server, monkeypatch, tmp_path):
     import mlflow
     import mlflow.pyfunc
-    from mlflow import MlflowClient
 
     mlflow_server, database = server
-    # The environment variable, not mlflow.set_tracking_uri: no global state outlives the test.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     monkeypatch.chdir(tmp_path)  # nothing may land in ./mlruns of the checkout
+    # Earlier tests in the same process may have set MLflow's process-wide URIs (training
+    # does, as a real task process should); those beat the environment, so set ours and
+    # restore theirs afterwards.
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(mlflow_server.url)
+    mlflow.set_registry_uri(mlflow_server.url)
+    try:
+        _log_register_and_load(mlflow_server, database)
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+
+
+def _log_register_and_load(mlflow_server, database) -> None:
+    import mlflow
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
 
     experiment = mlflow.create_experiment("fraud-prodtest")
     with mlflow.start_run(experiment_id=experiment) as run:
