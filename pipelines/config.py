@@ -141,6 +141,36 @@ class Settings(BaseSettings):
         2, gt=0, description="Longest time a scored transaction waits to reach the log."
     )
 
+    # --- experiments: A/B and shadow against the challenger ----------------------------
+    experiment_mode: Literal["off", "ab", "shadow"] = Field(
+        "off",
+        description="off, ab (a share of customers scored by the challenger) or shadow "
+        "(challenger scores everything, decisions stay the champion's).",
+    )
+    experiment_treatment_share: float = Field(
+        0.1, ge=0, le=1, description="A/B: share of customers routed to the challenger."
+    )
+    experiment_salt: str = Field(
+        "fraud-ab-1", description="Salt of the customer hash bucketing (new salt, new split)."
+    )
+    experiment_alpha: float = Field(
+        0.05, gt=0, lt=1, description="Significance level of the experiment analysis."
+    )
+    experiment_min_labelled: int = Field(
+        200, ge=1, description="Fewest labelled predictions per variant before deciding."
+    )
+
+    # --- lineage UIs -------------------------------------------------------------------
+    dbt_docs_port: int = Field(8085, description="Port of the dbt docs site `make up` serves.")
+    feast_ui_port: int = Field(8888, description="Port of the Feast UI `make up` starts.")
+
+    # --- first start ---------------------------------------------------------------------
+    bootstrap_training: bool = Field(
+        True,
+        description="Train and promote the first model as soon as features exist and no "
+        "champion does (no manual trigger).",
+    )
+
     # --- Airflow -------------------------------------------------------------------------
     airflow_host: str = Field("127.0.0.1", description="Address the Airflow API server binds.")
     airflow_port: int = Field(8080, description="Port of the Airflow API server and UI.")
