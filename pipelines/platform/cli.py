@@ -2,9 +2,9 @@
 
 Every long-running command *replaces* this Python process (``exec``) with the exact command the
 native code starts as a tracked process (``AirflowServices``, ``MlflowServer``,
-``SparkStandalone``), so a container runs what the test suite runs natively, and signals from
-the container runtime reach the service itself. The ``*-health`` commands are the containers'
-healthchecks; they exit 0 when healthy, 1 otherwise.
+``SparkStandalone``, ``DbtDocsSite``, ``FeastUI``), so a container runs what the test suite runs
+natively, and signals from the container runtime reach the service itself. The ``*-health``
+commands are the containers' healthchecks; they exit 0 when healthy, 1 otherwise.
 
     python -m pipelines.platform.cli --help
 """
@@ -127,6 +127,56 @@ def http_ok(url: str = typer.Argument(..., help="e.g. http://127.0.0.1:5000/heal
     if not healthy(url):
         console.print(f"{url}: not healthy")
         raise typer.Exit(1)
+
+
+# --- Lineage UIs ----------------------------------------------------------------------------
+@platform_app.command("dbt-docs")
+def dbt_docs(
+    host: str | None = typer.Option(None, help="Address to bind; default FRAUD_SERVING_HOST."),
+    port: int | None = typer.Option(None, help="Port; default FRAUD_DBT_DOCS_PORT."),
+) -> None:
+    """Serve the dbt docs site (<home>/dbt-docs) in the foreground, as ``DbtDocsSite`` does.
+
+    Until the first build_features run it serves a page saying the docs come with it.
+    """
+    from pipelines.platform.lineage import DbtDocsSite, docs_server_command, write_placeholder
+
+    settings = get_settings()
+    site = DbtDocsSite(settings).directory
+    write_placeholder(site)
+    command = docs_server_command(
+        site, host or settings.serving_host, port or settings.dbt_docs_port
+    )
+    os.chdir(site)
+    _exec(command, dict(os.environ))
+
+
+@platform_app.command("feast-ui")
+def feast_ui(
+    host: str | None = typer.Option(None, help="Address to bind; default FRAUD_SERVING_HOST."),
+    port: int | None = typer.Option(None, help="Port; default FRAUD_FEAST_UI_PORT."),
+) -> None:
+    """Run the Feast UI in the foreground over the rendered feature_store.yaml (``FeastUI``)."""
+    from pipelines.featurestore.store import write_config
+    from pipelines.platform.lineage import FeastUI, feast_ui_command
+
+    settings = get_settings()
+    ui = FeastUI(settings)
+    command = feast_ui_command(
+        write_config(settings), host or settings.serving_host, port or settings.feast_ui_port
+    )
+    _exec(command, ui.env())
+
+
+@platform_app.command("dbt-docs-generate")
+def dbt_docs_generate() -> None:
+    """One-shot: ``dbt docs generate`` over the built warehouse, published to <home>/dbt-docs."""
+    from pipelines.transform.dbt import generate_docs
+
+    r = generate_docs(get_settings())
+    console.print(
+        f"dbt docs: {r.nodes} nodes, {r.sources} sources in {r.elapsed_seconds:.1f}s -> {r.path}"
+    )
 
 
 # --- Spark standalone ----------------------------------------------------------------------

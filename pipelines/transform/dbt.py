@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -65,6 +66,11 @@ def mart_file(settings: Settings, model: str = FCT_TRANSACTIONS) -> Path:
     return marts_path(settings, model) / f"{model}.parquet"
 
 
+def docs_dir(settings: Settings) -> Path:
+    """The dbt docs site (index.html + manifest.json + catalog.json) that ``make up`` serves."""
+    return settings.home / "dbt-docs"
+
+
 def _state_dir(settings: Settings) -> Path:
     # target/ and logs/ beside the warehouse, not in the repo: the checkout may be read-only,
     # and two warehouses (tests, environments) must not share partial-parse state.
@@ -115,6 +121,31 @@ def _release_warehouse() -> None:
             log.warning("could not close the DuckDB connection of dbt", exc_info=True)
 
 
+def _dbt_args(settings: Settings, *command: str) -> list[str]:
+    """Project, profile and state locations shared by every invocation (build, docs)."""
+    state = _state_dir(settings)
+    return [
+        *command,
+        "--project-dir",
+        str(DBT_PROJECT_DIR),
+        "--profiles-dir",
+        str(DBT_PROJECT_DIR),
+        "--target-path",
+        str(state / "target"),
+        "--log-path",
+        str(state / "logs"),
+        "--no-use-colors",
+    ]
+
+
+def _dbt_env(settings: Settings) -> dict[str, str]:
+    return {
+        "FRAUD_WAREHOUSE_PATH": str(settings.warehouse_path),
+        "FRAUD_LAKE_DIR": str(settings.lake_dir),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+    }
+
+
 def run_dbt_build(settings: Settings, select: str | None = None) -> DbtBuildResult:
     """``dbt build`` (models and their tests, in DAG order); raises DbtBuildError on any failure.
 
@@ -130,27 +161,11 @@ def run_dbt_build(settings: Settings, select: str | None = None) -> DbtBuildResu
         )
     settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
     state = _state_dir(settings)
-    args = [
-        "build",
-        "--project-dir",
-        str(DBT_PROJECT_DIR),
-        "--profiles-dir",
-        str(DBT_PROJECT_DIR),
-        "--target-path",
-        str(state / "target"),
-        "--log-path",
-        str(state / "logs"),
-        "--no-use-colors",
-    ]
+    args = _dbt_args(settings, "build")
     if select:
         args += ["--select", select]
-    env = {
-        "FRAUD_WAREHOUSE_PATH": str(settings.warehouse_path),
-        "FRAUD_LAKE_DIR": str(settings.lake_dir),
-        "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
-    }
     started = time.monotonic()
-    with _INVOKE_LOCK, _environment(env):
+    with _INVOKE_LOCK, _environment(_dbt_env(settings)):
         _remove_stale_tmp_exports(settings)
         try:
             outcome = dbtRunner().invoke(args)
@@ -201,3 +216,63 @@ def run_dbt_build(settings: Settings, select: str | None = None) -> DbtBuildResu
         elapsed_seconds=elapsed,
         mart_path=marts_path(settings),
     )
+
+
+# --- docs site -------------------------------------------------------------------------------
+# What the dbt docs single-page app needs: the app itself and the two artifacts it fetches.
+# index.html goes last, so the "no docs yet" placeholder is only replaced once both exist.
+DOCS_FILES = ("manifest.json", "catalog.json", "index.html")
+
+
+@dataclass(frozen=True)
+class DbtDocsResult:
+    path: Path  # the published site (docs_dir)
+    nodes: int  # models, seeds and snapshots in the catalog
+    sources: int
+    elapsed_seconds: float
+
+
+def generate_docs(settings: Settings) -> DbtDocsResult:
+    """``dbt docs generate`` over the built warehouse, published to ``docs_dir(settings)``.
+
+    Same project, profile, target and state folders as the build, so partial parsing makes it
+    cheap right after one. The catalog (tables and column types) is read from the DuckDB file;
+    the lineage graph comes from the manifest. Raises DbtBuildError when dbt fails.
+    """
+    from dbt.cli.main import dbtRunner
+
+    if not settings.warehouse_path.exists():
+        raise DbtBuildError(
+            f"no warehouse at {settings.warehouse_path}: run the dbt build before the docs"
+        )
+    target = _state_dir(settings) / "target"
+    started = time.monotonic()
+    with _INVOKE_LOCK, _environment(_dbt_env(settings)):
+        try:
+            outcome = dbtRunner().invoke(_dbt_args(settings, "docs", "generate"))
+        finally:
+            _release_warehouse()
+    elapsed = time.monotonic() - started
+    catalog = outcome.result
+    errors = list(getattr(catalog, "errors", None) or [])
+    if outcome.exception is not None or not outcome.success or errors:
+        detail = outcome.exception or "; ".join(map(str, errors)) or "unsuccessful"
+        raise DbtBuildError(f"dbt docs generate failed after {elapsed:.1f}s: {detail}")
+
+    site = docs_dir(settings)
+    site.mkdir(parents=True, exist_ok=True)
+    for name in DOCS_FILES:
+        # Copy then rename: the docs server never hands out a half-written file.
+        partial = site / f".{name}.partial"
+        shutil.copyfile(target / name, partial)
+        os.replace(partial, site / name)
+    result = DbtDocsResult(
+        path=site,
+        nodes=len(catalog.nodes),
+        sources=len(catalog.sources),
+        elapsed_seconds=elapsed,
+    )
+    log.info(
+        "dbt docs: %d nodes, %d sources in %.1fs -> %s", result.nodes, result.sources, elapsed, site
+    )
+    return result
