@@ -153,6 +153,9 @@ def register_version(
     returned instead of registering a duplicate.
     """
     c = tracking.client(settings)
+    # MLflow resolves a ``models:/m-<id>`` source through the process-wide tracking URI, not
+    # the client's: in a fresh process (an Airflow task) that would be ./mlflow.db.
+    tracking.use_tracking(settings)
     _ensure_registered_model(settings)
     if run_id is not None:
         existing = c.search_model_versions(
