@@ -73,12 +73,14 @@ def train_model():
         from pipelines.training.train import tune_model
 
         params = params or {}
+        settings = get_settings()
         result = tune_model(
-            get_settings(),
+            settings,
             ids["run_id"],
             ids["workdir"],
             n_trials=params.get("trials"),
             timeout_seconds=params.get("timeout_seconds"),
+            workers=settings.tuning_workers,
         )
         return {k: result[k] for k in ("study_name", "finished_trials", "best_value")}
 
@@ -87,7 +89,10 @@ def train_model():
         from pipelines.config import get_settings
         from pipelines.training.train import train_final
 
-        final = train_final(get_settings(), ids["run_id"], ids["workdir"])
+        settings = get_settings()
+        final = train_final(
+            settings, ids["run_id"], ids["workdir"], processes=settings.final_training_processes
+        )
         return {"model_uri": final["model_uri"], "members": final["members"]}
 
     @task

@@ -123,7 +123,14 @@ class Settings(BaseSettings):
     promotion_floor: float = Field(
         0.3, ge=0, le=1, description="Minimum promotion metric for any champion."
     )
-    torch_threads: int = Field(2, ge=1, description="CPU threads for PyTorch.")
+    # One thread: on 2 shared cores, 2 torch threads measured 8-10x slower (oversubscription).
+    torch_threads: int = Field(1, ge=1, description="CPU threads for PyTorch.")
+    tuning_workers: int = Field(
+        1, ge=1, description="Optuna worker processes sharing the study (needs a server DB)."
+    )
+    final_training_processes: int = Field(
+        1, ge=1, description="torchrun ranks (DDP, gloo) for the final training."
+    )
 
     # --- serving ---------------------------------------------------------------------------
     serving_host: str = Field("127.0.0.1", description="Address the scoring API binds.")

@@ -1,6 +1,8 @@
 """Command line of training and the registry (wired into ``python -m pipelines``):
 
 python -m pipelines train run --test-end 2018-08-14 [--trials 30] [--timeout 600]
+    [--workers 2] [--processes 2]
+python -m pipelines train tune-worker --data <workdir>/data --trials 10 [--worker 1]
 python -m pipelines registry show
 python -m pipelines registry rollback [--reason "..."]
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -35,6 +38,12 @@ def train_run(
         None, min=1, help="Search time budget in seconds (default FRAUD_TUNING_TIMEOUT_SECONDS)."
     ),
     reason: str = typer.Option("manual", help="Why this training runs (recorded on the run)."),
+    workers: int = typer.Option(
+        1, min=1, help="Search worker processes sharing the study (use a server storage)."
+    ),
+    processes: int = typer.Option(
+        1, min=1, help="Final training processes: > 1 runs it under torchrun with DDP (gloo)."
+    ),
 ) -> None:
     """Dataset from Feast, Optuna search, final model, test assessment, registry and gate."""
     from pipelines.training.dataset import LabelsNotAvailable
@@ -43,7 +52,13 @@ def train_run(
     settings = get_settings()
     try:
         outcome = run_training(
-            settings, test_end.date(), n_trials=trials, timeout_seconds=timeout, reason=reason
+            settings,
+            test_end.date(),
+            n_trials=trials,
+            timeout_seconds=timeout,
+            reason=reason,
+            workers=workers,
+            processes=processes,
         )
     except (LabelsNotAvailable, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -63,6 +78,33 @@ def train_run(
     console.print(
         f"{settings.model_name} v{outcome.version} -> [bold]{gate['alias']}[/]: {gate['reason']}"
     )
+
+
+@train_app.command("tune-worker")
+def train_tune_worker(
+    data: Path = typer.Option(
+        ..., exists=True, file_okay=False, help="Dataset folder written by the dataset step."
+    ),
+    trials: int = typer.Option(..., min=1, help="Trials this worker runs."),
+    worker: int = typer.Option(0, min=0, help="Worker index (separates the sampler seeds)."),
+    timeout: int | None = typer.Option(None, min=1, help="Time budget of this worker (s)."),
+    parent_run_id: str | None = typer.Option(
+        None, help="MLflow training run the trials are logged under (child runs)."
+    ),
+) -> None:
+    """One worker of a parallel search: trials of the dataset's study, shared with the other
+    workers through FRAUD_OPTUNA_STORAGE (run it on as many processes or hosts as wanted)."""
+    from pipelines.training.tune import run_worker
+
+    ran = run_worker(
+        get_settings(),
+        data,
+        n_trials=trials,
+        worker=worker,
+        timeout_seconds=timeout,
+        parent_run_id=parent_run_id,
+    )
+    console.print(f"worker {worker}: {ran} trials")
 
 
 @registry_app.command("show")
