@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     review_threshold: float = Field(0.3, ge=0, le=1, description="Score from which to review.")
     block_threshold: float = Field(0.8, ge=0, le=1, description="Score from which to block.")
     max_batch_size: int = Field(1000, ge=1, description="Most transactions in one request.")
+    serving_workers: int = Field(
+        1, ge=1, description="BentoML worker processes (each polls the champion alias itself)."
+    )
     model_poll_seconds: float = Field(
         30, gt=0, description="How often serving checks the champion alias."
     )

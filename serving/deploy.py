@@ -16,6 +16,7 @@ import httpx
 from pipelines.config import PROJECT_ROOT, Settings
 
 BENTOFILE = PROJECT_ROOT / "serving" / "bentofile.yaml"
+BENTO_NAME = "fraud_scoring"  # the service name in serving/service.py
 
 
 def _bin(name: str) -> str:
@@ -23,16 +24,30 @@ def _bin(name: str) -> str:
 
 
 def _env() -> dict[str, str]:
-    # bentoml build looks for uv on PATH; the venv's bin has it.
+    from pipelines.config import load_settings
+
     return {
         **os.environ,
+        # bentoml build looks for uv on PATH; the venv's bin has it.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "BENTOML_DO_NOT_TRACK": "True",
+        # The Bento store is runtime state of this home, not of the user's ~/bentoml.
+        "BENTOML_HOME": str(load_settings().home / "bentoml"),
     }
 
 
 def build_bento(model_version: str) -> str:
-    """``bentoml build``; returns the Bento tag (``fraud_scoring:model-v<version>``)."""
+    """``bentoml build``; returns the Bento tag (``fraud_scoring:model-v<version>``).
+
+    Idempotent: a Bento of the same tag (a retried task, a redeploy) is replaced, so the tag
+    always holds the code of the latest build.
+    """
+    subprocess.run(
+        [_bin("bentoml"), "delete", "--yes", f"{BENTO_NAME}:model-v{model_version}"],
+        env=_env(),
+        capture_output=True,
+        check=False,  # absent: nothing to replace
+    )
     out = subprocess.run(
         [
             _bin("bentoml"),

@@ -20,6 +20,23 @@ from pipelines.lake import part_path, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
+# Columns that are often all-null in one flush (no shadow running, no feature state): typed
+# here so every part has the same schema instead of Arrow's ``null`` type.
+NULLABLE_TYPES = {
+    "shadow_probability": pa.float64(),
+    "shadow_model_version": pa.string(),
+    "shadow_latency_ms": pa.float64(),
+}
+
+
+def _table(rows: list[dict]) -> pa.Table:
+    table = pa.Table.from_pylist(rows)
+    for i, f in enumerate(table.schema):
+        if pa.types.is_null(f.type) and f.name in NULLABLE_TYPES:
+            column = table.column(i).cast(NULLABLE_TYPES[f.name])
+            table = table.set_column(i, pa.field(f.name, NULLABLE_TYPES[f.name]), column)
+    return table
+
 
 class PredictionLog:
     def __init__(self, directory: Path, flush_seconds: float = 2.0) -> None:
@@ -45,7 +62,7 @@ class PredictionLog:
         for row in rows:
             by_day.setdefault(row["tx_datetime"].date(), []).append(row)
         for day, day_rows in by_day.items():
-            table = pa.Table.from_pylist(day_rows)
+            table = _table(day_rows)
             path = part_path(
                 self.directory, day, f"{dt.datetime.now(dt.UTC):%H%M%S}-{uuid.uuid4().hex[:8]}"
             )

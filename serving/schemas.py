@@ -55,6 +55,10 @@ class Score(BaseModel):
     explanation: dict[str, float] | None = Field(
         None, description="Top contributing features (only when asked)."
     )
+    variant: Literal["control", "treatment"] = Field(
+        "control",
+        description="Experiment arm: treatment = decided by the challenger (A/B mode only).",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -67,3 +71,12 @@ class ModelInfo(BaseModel):
     loaded_at: str
     registry_status: Literal["ok", "unreachable"]
     last_reload_error: str | None
+    status: Literal["ok", "degraded"] = Field(
+        "ok", description="degraded: serving, but the registry cannot be reached (no swaps)."
+    )
+    experiment_mode: Literal["off", "ab", "shadow"] = "off"
+    treatment_share: float | None = Field(None, description="A/B: share of customers treated.")
+    challenger_version: str | None = Field(
+        None, description="The challenger loaded for the experiment (None: none loaded)."
+    )
+    challenger_last_error: str | None = None

@@ -3,12 +3,18 @@
 Endpoints: ``POST /score`` (one or many transactions, optional explanation), ``POST
 /model_info``, ``POST /reload`` (check the champion alias now; the deploy DAG calls it), and
 BentoML's own ``/livez``, ``/readyz``, ``/metrics``.
+
+With ``FRAUD_EXPERIMENT_MODE=ab|shadow`` the service also follows the ``challenger`` alias and
+routes (A/B) or shadow-scores with it (``serving/experiment.py``); every logged prediction
+carries its variant, the serving version, the shadow score and the request latency.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import time
 from http import HTTPStatus
 from typing import Annotated
 
@@ -31,62 +37,109 @@ class ServiceUnavailable(bentoml.exceptions.BentoMLException):
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
-@bentoml.service(name="fraud_scoring", traffic={"timeout": 30})
+@bentoml.service(name="fraud_scoring", traffic={"timeout": 30}, workers=_settings.serving_workers)
 class FraudScoringService:
     def __init__(self) -> None:
+        import mlflow
+
         from pipelines.featurestore.store import get_store
-        from serving.model import ChampionWatcher
+        from serving.model import CHALLENGER_ALIAS, AliasWatcher, ChampionWatcher
         from serving.prediction_log import PredictionLog
 
-        self.settings = get_settings()
-        self.store = get_store(self.settings)
-        self.watcher = ChampionWatcher(
-            self.settings.tracking_uri, self.settings.model_name, self.settings.model_poll_seconds
-        )
+        # MLflow retries an unreachable server for minutes by default (7 retries, 120 s
+        # timeout): the watcher would hold its lock and /reload would time out. Fail fast and
+        # let the next poll try again (an explicit environment setting still wins).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        self.settings = s = get_settings()
+        # ``models:/`` URIs resolve through MLflow's process-wide URIs, not a client's: point
+        # them at the settings' registry (the default would be ./mlflow.db in the cwd).
+        mlflow.set_tracking_uri(s.tracking_uri)
+        mlflow.set_registry_uri(s.tracking_uri)
+        self.store = get_store(s)
+        self.watcher = ChampionWatcher(s.tracking_uri, s.model_name, s.model_poll_seconds)
         self.watcher.start()
+        # The challenger is loaded (and smoke-tested) off the request path exactly like the
+        # champion; it is dropped when its alias goes away (shipped or killed).
+        self.challenger: AliasWatcher | None = None
+        if s.experiment_mode != "off":
+            self.challenger = AliasWatcher(
+                s.tracking_uri,
+                s.model_name,
+                s.model_poll_seconds,
+                CHALLENGER_ALIAS,
+                keep_when_missing=False,
+            )
+            self.challenger.start()
         self.prediction_log = PredictionLog(
             self.settings.predictions_dir, self.settings.prediction_log_flush_seconds
         )
 
     def __is_ready__(self) -> bool:
         # Ready as soon as a champion is loaded; a registry outage later keeps it serving
-        # (model_info then reports registry_status "unreachable").
+        # and ready (model_info then reports status "degraded", registry "unreachable").
         return self.watcher.current is not None
 
     @bentoml.on_shutdown
     def _flush_log(self) -> None:
         self.prediction_log.close()
         self.watcher.stop()
+        if self.challenger is not None:
+            self.challenger.stop()
 
     @bentoml.api
     def score(self, transactions: Batch, explain: bool = False) -> list[Score]:
         """Score transactions: probability, decision, model version, feature freshness."""
+        from serving.experiment import score_request
         from serving.features import fetch
         from serving.model import decide
 
+        started = time.perf_counter()
         model = self.watcher.current
         if model is None:
             raise ServiceUnavailable("no champion model is loaded yet")
-        batch = fetch(self.store, model.feature_service, model.inputs, transactions)
-        probabilities = model.predict(batch.inputs)
-        explanations = model.explain(batch.inputs) if explain else [None] * len(transactions)
         s = self.settings
-        scores = [
-            Score(
-                transaction_id=t.transaction_id,
-                fraud_probability=round(float(p), 6),
-                decision=decide(float(p), s.review_threshold, s.block_threshold),
-                model_name=model.name,
-                model_version=model.version,
-                unknown_customer=bool(batch.unknown_customer[i]),
-                unknown_terminal=bool(batch.unknown_terminal[i]),
-                feature_age_seconds=batch.feature_age_seconds[i],
-                explanation=explanations[i],
-            )
-            for i, (t, p) in enumerate(zip(transactions, probabilities, strict=True))
-        ]
+        challenger = self.challenger.current if self.challenger is not None else None
+        scored = score_request(
+            transactions,
+            model,
+            challenger,
+            mode=s.experiment_mode,
+            share=s.experiment_treatment_share,
+            salt=s.experiment_salt,
+            fetch=lambda m, txs: fetch(self.store, m.feature_service, m.inputs, txs),
+        )
+        scores: list[Score | None] = [None] * len(transactions)
+        rows: list[dict | None] = [None] * len(transactions)
+        for group in scored.groups:
+            served = group.model
+            b = group.batch
+            explanations = served.explain(b.inputs) if explain else [None] * len(group.rows)
+            features = b.records()
+            for j, i in enumerate(group.rows):
+                p = float(group.probabilities[j])
+                scores[i] = Score(
+                    transaction_id=transactions[i].transaction_id,
+                    fraud_probability=round(p, 6),
+                    decision=decide(p, s.review_threshold, s.block_threshold),
+                    model_name=served.name,
+                    model_version=served.version,
+                    unknown_customer=bool(b.unknown_customer[j]),
+                    unknown_terminal=bool(b.unknown_terminal[j]),
+                    feature_age_seconds=b.feature_age_seconds[j],
+                    explanation=explanations[j],
+                    variant=scored.variants[i],
+                )
+                rows[i] = {
+                    **{f"feature_{k}": v for k, v in features[j].items() if k != "tx_amount"},
+                    "model_latency_ms": round(group.latency_ms, 3),
+                }
         now = dt.datetime.now(dt.UTC)
-        features = batch.inputs.to_dict("records")
+        latency_ms = round((time.perf_counter() - started) * 1e3, 3)
+        shadow_latency = (
+            None if scored.shadow_latency_ms is None else round(scored.shadow_latency_ms, 3)
+        )
         self.prediction_log.append(
             [
                 {
@@ -95,15 +148,23 @@ class FraudScoringService:
                     "customer_id": t.customer_id,
                     "terminal_id": t.terminal_id,
                     "tx_amount": t.tx_amount,
-                    **{f"feature_{k}": v for k, v in features[i].items() if k != "tx_amount"},
+                    **{k: v for k, v in row.items() if k != "model_latency_ms"},
                     "fraud_probability": sc.fraud_probability,
                     "decision": sc.decision,
                     "model_version": sc.model_version,
                     "unknown_customer": sc.unknown_customer,
                     "unknown_terminal": sc.unknown_terminal,
                     "request_time": now,
+                    # Experiment columns (added after the ones monitoring reads).
+                    "variant": sc.variant,
+                    "shadow_probability": scored.shadow_probabilities[i],
+                    "shadow_model_version": scored.shadow_version,
+                    "challenger_failed": scored.challenger_failed[i],
+                    "latency_ms": latency_ms,
+                    "model_latency_ms": row["model_latency_ms"],
+                    "shadow_latency_ms": shadow_latency,
                 }
-                for i, (t, sc) in enumerate(zip(transactions, scores, strict=True))
+                for i, (t, sc, row) in enumerate(zip(transactions, scores, rows, strict=True))
             ]
         )
         return scores
@@ -119,6 +180,10 @@ class FraudScoringService:
         model = self.watcher.current
         if model is None:
             raise ServiceUnavailable("no champion model is loaded yet")
+        watchers = [w for w in (self.watcher, self.challenger) if w is not None]
+        registry = "unreachable" if any(w.registry_status != "ok" for w in watchers) else "ok"
+        challenger = self.challenger.current if self.challenger is not None else None
+        s = self.settings
         return ModelInfo(
             name=model.name,
             version=model.version,
@@ -127,17 +192,27 @@ class FraudScoringService:
             training_window=model.training_window,
             metrics=model.metrics,
             loaded_at=model.loaded_at,
-            registry_status=self.watcher.registry_status,
+            registry_status=registry,
             last_reload_error=self.watcher.last_error,
+            # Still serving the last good models, but no swap can happen until it is back.
+            status="degraded" if registry != "ok" else "ok",
+            experiment_mode=s.experiment_mode,
+            treatment_share=s.experiment_treatment_share if s.experiment_mode == "ab" else None,
+            challenger_version=None if challenger is None else challenger.version,
+            challenger_last_error=None if self.challenger is None else self.challenger.last_error,
         )
 
     @bentoml.api
     def reload(self) -> ModelInfo:
-        """Check the champion alias now (instead of at the next poll) and swap if it moved."""
+        """Check the aliases now (instead of at the next poll) and swap what moved."""
         self.watcher.check()
+        if self.challenger is not None:
+            self.challenger.check()
         return self._model_info()
 
 
+# BentoML otherwise rebuilds the JSON schema of list[Score] on every response (~0.8 ms CPU).
+FraudScoringService.apis["score"].output_spec.media_type = "application/json"
 FraudScoringService.add_asgi_middleware(
     RequestGuard, api_key=_settings.serving_api_key, max_body_bytes=MAX_BODY_BYTES
 )

@@ -39,3 +39,46 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_DESCRIBE_DAG = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+dag = bag.dags.get(sys.argv[2])
+print(json.dumps({
+    "errors": {k: str(v) for k, v in bag.import_errors.items()},
+    "max_active_runs": dag.max_active_runs if dag else None,
+    "catchup": dag.catchup if dag else None,
+    "schedule": type(dag.timetable).__name__ if dag else None,
+    "params": {k: dag.params[k] for k in dag.params.keys()} if dag else {},
+    "downstream": {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} if dag else {},
+    "outlets": {
+        t.task_id: [getattr(o, "name", str(o)) for o in t.outlets] for t in dag.tasks
+    } if dag else {},
+}))
+"""
+
+
+def describe_dag(home, dag_file: str, dag_id: str) -> dict:
+    """What Airflow's DagBag parses from ``dags/<dag_file>``, in a subprocess with Airflow's
+    environment on ``home``: import errors, schedule, params (defaults), tasks, outlets."""
+    import json
+    import subprocess
+    import sys
+
+    from pipelines.config import PROJECT_ROOT
+    from pipelines.platform.airflow import AirflowServices
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FRAUD_HOME", str(home))
+        mp.setenv("FRAUD_HISTORY_START", "2018-04-01")
+        env = AirflowServices(load_settings()).env()
+    out = subprocess.run(
+        [sys.executable, "-c", _DESCRIBE_DAG, str(PROJECT_ROOT / "dags" / dag_file), dag_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])

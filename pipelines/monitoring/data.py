@@ -39,6 +39,15 @@ PREDICTION_LOG_KEYS = [
     "customer_id",
     "terminal_id",
     "request_time",
+    # Experiment bookkeeping and timings (serving/prediction_log.py): not model inputs, and
+    # a latency "drift" is the machine's, not the data's.
+    "variant",
+    "shadow_probability",
+    "shadow_model_version",
+    "challenger_failed",
+    "latency_ms",
+    "model_latency_ms",
+    "shadow_latency_ms",
 ]
 FEATURE_PREFIX = "feature_"
 

@@ -32,18 +32,21 @@ def _client(tracking_uri: str) -> MlflowClient:
 
 
 def client(settings: Settings) -> MlflowClient:
+    """The client of the settings' store; also points MLflow's process-wide URIs at it, since
+    ``models:/`` URIs and the fluent API ignore the client (an Airflow task is a fresh process
+    whose default would be ./mlflow.db)."""
+    import mlflow
+
     if settings.tracking_uri.startswith("sqlite:///"):
         settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
     return _client(settings.tracking_uri)
 
 
 def use_tracking(settings: Settings) -> None:
     """Point the fluent API (``mlflow.log_*``, ``log_model``) at the settings' server."""
-    import mlflow
-
-    client(settings)  # creates the folder of a SQLite store
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
+    client(settings)
 
 
 def artifact_root(settings: Settings) -> str:

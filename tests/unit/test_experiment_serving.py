@@ -1,0 +1,190 @@
+"""The service's scoring path under each experiment mode, with stand-in features and models.
+
+The service object is the real one (its ``score`` method, decisions, response and log rows);
+only the Feast lookup, the registry watchers and the log writer are replaced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.experiment.assignment import TREATMENT, assign
+from serving.features import FeatureBatch
+from serving.model import LoadedModel, decide
+from serving.schemas import Transaction
+
+INPUTS = ["tx_amount", "customer_risk"]
+
+
+class Linear:
+    """A stand-in pyfunc model: probability = a + b * amount / 1000 (clipped)."""
+
+    def __init__(self, a: float, b: float, fail: bool = False) -> None:
+        self.a, self.b, self.fail = a, b, fail
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.fail:
+            raise RuntimeError("challenger exploded")
+        return np.clip(self.a + self.b * frame["tx_amount"].to_numpy() / 1000, 0, 1)
+
+
+def _model(version: str, predictor: Linear, alias: str) -> LoadedModel:
+    return LoadedModel(
+        name="fraud-detector",
+        version=version,
+        alias=alias,
+        inputs=INPUTS,
+        feature_service="fraud_model_v1",
+        predictor=predictor,
+    )
+
+
+CHAMPION = _model("1", Linear(0.0, 1.0), "champion")
+# The opposite ranking: wherever it decided, most decisions would change.
+CHALLENGER = _model("2", Linear(1.0, -1.0), "challenger")
+
+
+def _fetch(store, service, inputs, transactions) -> FeatureBatch:
+    frame = pd.DataFrame({"tx_amount": [t.tx_amount for t in transactions], "customer_risk": 0.0})[
+        inputs
+    ]
+    n = len(transactions)
+    return FeatureBatch(frame, np.zeros(n, bool), np.zeros(n, bool), [60.0] * n)
+
+
+class ListLog:
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def append(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+
+
+def _transactions(n: int = 200) -> list[Transaction]:
+    when = dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC)
+    return [
+        Transaction(
+            transaction_id=i,
+            customer_id=1000 + i,
+            terminal_id=7,
+            tx_amount=float(i * 997 % 1000),
+            tx_datetime=when,
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def service(make_settings, monkeypatch):
+    import serving.features
+    from serving.service import FraudScoringService
+
+    monkeypatch.setattr(serving.features, "fetch", _fetch)
+
+    def build(mode: str, challenger: LoadedModel | None = CHALLENGER, share: float = 0.5):
+        svc = object.__new__(FraudScoringService.inner)
+        svc.settings = make_settings(experiment_mode=mode, experiment_treatment_share=share)
+        svc.store = None
+        svc.watcher = SimpleNamespace(current=CHAMPION, registry_status="ok", last_error=None)
+        svc.challenger = (
+            None
+            if mode == "off"
+            else SimpleNamespace(current=challenger, registry_status="ok", last_error=None)
+        )
+        svc.prediction_log = ListLog()
+        return svc
+
+    return build
+
+
+def _responses(scores) -> list[tuple]:
+    return [
+        (s.transaction_id, s.fraud_probability, s.decision, s.model_version, s.variant)
+        for s in scores
+    ]
+
+
+def test_shadow_never_changes_a_response_or_decision(service):
+    txs = _transactions()
+    off, shadow = service("off"), service("shadow")
+    baseline = off.score(txs)
+    shadowed = shadow.score(txs)
+    assert _responses(shadowed) == _responses(baseline)
+    assert {s.model_version for s in shadowed} == {"1"}
+    # The challenger would have decided differently for most of them: the test can fail.
+    logged = shadow.prediction_log.rows
+    settings = shadow.settings
+    challenger_decisions = [
+        decide(r["shadow_probability"], settings.review_threshold, settings.block_threshold)
+        for r in logged
+    ]
+    differing = sum(a != b.decision for a, b in zip(challenger_decisions, baseline, strict=True))
+    assert differing >= len(txs) / 3
+    # ...and its scores are logged beside the champion's, per transaction.
+    for row, tx in zip(logged, txs, strict=True):
+        assert row["shadow_model_version"] == "2" and row["variant"] == "control"
+        assert row["shadow_probability"] == pytest.approx(1 - tx.tx_amount / 1000, abs=1e-6)
+        assert row["fraud_probability"] == pytest.approx(tx.tx_amount / 1000, abs=1e-6)
+        assert row["challenger_failed"] is False
+        assert row["latency_ms"] >= row["model_latency_ms"] > 0
+        assert row["shadow_latency_ms"] > 0
+    off_rows = off.prediction_log.rows
+    assert all(r["shadow_probability"] is None and r["variant"] == "control" for r in off_rows)
+    assert set(off_rows[0]) == set(logged[0])  # one log schema whatever the mode
+
+
+def test_a_failing_shadow_challenger_changes_nothing_but_is_flagged(service):
+    txs = _transactions(20)
+    broken = _model("3", Linear(0, 0, fail=True), "challenger")
+    svc = service("shadow", broken)
+    shadowed = svc.score(txs)
+    assert _responses(shadowed) == _responses(service("off").score(txs))
+    rows = svc.prediction_log.rows
+    assert all(r["challenger_failed"] and r["shadow_probability"] is None for r in rows)
+    assert {r["shadow_model_version"] for r in rows} == {"3"}
+
+
+def test_ab_routes_treatment_customers_to_the_challenger(service):
+    txs = _transactions()
+    svc = service("ab", share=0.5)
+    scores = svc.score(txs)
+    expected = [assign(t.customer_id, svc.settings.experiment_salt, 0.5) for t in txs]
+    assert [s.variant for s in scores] == expected
+    assert 40 < expected.count(TREATMENT) < 160
+    for s, t in zip(scores, txs, strict=True):
+        treated = s.variant == TREATMENT
+        assert s.model_version == ("2" if treated else "1")
+        p = 1 - t.tx_amount / 1000 if treated else t.tx_amount / 1000
+        assert s.fraud_probability == pytest.approx(p, abs=1e-6)
+    logged = {r["transaction_id"]: r for r in svc.prediction_log.rows}
+    assert all(logged[s.transaction_id]["variant"] == s.variant for s in scores)
+    assert all(logged[s.transaction_id]["model_version"] == s.model_version for s in scores)
+
+
+def test_ab_without_a_loaded_challenger_is_all_champion(service):
+    scores = service("ab", challenger=None).score(_transactions(50))
+    assert {(s.model_version, s.variant) for s in scores} == {("1", "control")}
+
+
+def test_ab_challenger_failure_falls_back_to_the_champion_and_is_logged(service):
+    txs = _transactions(100)
+    svc = service("ab", _model("3", Linear(0, 0, fail=True), "challenger"))
+    scores = svc.score(txs)
+    assert {s.model_version for s in scores} == {"1"}
+    treated = [r for r in svc.prediction_log.rows if r["variant"] == TREATMENT]
+    assert treated and all(r["challenger_failed"] for r in treated)
+    assert not any(r["challenger_failed"] for r in svc.prediction_log.rows if r not in treated)
+
+
+def test_model_info_shows_the_experiment_and_degraded_registry(service):
+    svc = service("shadow")
+    info = svc._model_info()
+    assert (info.experiment_mode, info.challenger_version, info.status) == ("shadow", "2", "ok")
+    svc.challenger.registry_status = "unreachable"
+    info = svc._model_info()
+    assert (info.status, info.registry_status) == ("degraded", "unreachable")
