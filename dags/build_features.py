@@ -4,15 +4,25 @@ Scheduled on the raw-lake Asset: every ingest wakes it (events that arrive while
 folded into the next run). Each run rebuilds from the whole lake, so it is idempotent; dbt's
 tests gate everything downstream (a failed test stops the run before Spark). Emits the
 ``features`` Asset once the online store is fresh.
+
+Beside the feature path, ``dbt_docs`` publishes the dbt docs site (lineage graph, model and
+column docs) that ``make up`` serves: a failure there never holds back the features.
+
+A fresh system trains its first model by itself: after each run, ``first_model_needed`` checks
+(``pipelines/training/bootstrap.py``) that no champion exists, no training is active and the
+labelled history covers the protocol; then ``train_first_model`` triggers ``train_model`` with
+a quick budget, under one fixed run id so it happens once. Its log says why it did not.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
 from pipelines.orchestration import DEFAULT_ARGS, FEATURES, RAW_TRANSACTIONS
+from pipelines.training.bootstrap import BOOTSTRAP_RUN_ID
 
 
 @dag(
@@ -21,6 +31,8 @@ from pipelines.orchestration import DEFAULT_ARGS, FEATURES, RAW_TRANSACTIONS
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    # The trigger's conf is the XCom dict of first_model_needed, not its string rendering.
+    render_template_as_native_obj=True,
     tags=["features", "dbt", "spark", "feast"],
     doc_md=__doc__,
 )
@@ -71,7 +83,47 @@ def build_features():
         latest = materialize_latest(get_settings())
         return latest.isoformat() if latest else None
 
-    dbt_build() >> spark_features() >> feast_apply() >> materialize_online()
+    @task.short_circuit
+    def first_model_needed(ti=None) -> bool:
+        from pipelines.config import get_settings
+        from pipelines.monitoring.retrain import ACTIVE_STATES, TRAIN_DAG_ID
+        from pipelines.training.bootstrap import first_model_verdict
+
+        active = ti.get_dr_count(dag_id=TRAIN_DAG_ID, states=list(ACTIVE_STATES))
+        verdict = first_model_verdict(get_settings(), active)
+        print(f"first model: {verdict.reason}")
+        ti.xcom_push(key="conf", value=verdict.conf)
+        return verdict.train
+
+    train_first_model = TriggerDagRunOperator(
+        task_id="train_first_model",
+        trigger_dag_id="train_model",
+        trigger_run_id=BOOTSTRAP_RUN_ID,
+        conf="{{ ti.xcom_pull(task_ids='first_model_needed', key='conf') }}",
+        skip_when_already_exists=True,
+        wait_for_completion=False,
+        openlineage_inject_parent_info=False,
+    )
+
+    @task
+    def dbt_docs() -> dict:
+        # Its own task, not part of dbt_build: a docs failure shows (and retries) on its own
+        # without re-running the build, and it runs beside Spark, off the features' path
+        # (~4 s CPU in a fresh task process).
+        from pipelines.config import get_settings
+        from pipelines.transform.dbt import generate_docs
+
+        result = generate_docs(get_settings())
+        return {
+            "nodes": result.nodes,
+            "seconds": round(result.elapsed_seconds, 1),
+            "site": str(result.path),
+        }
+
+    built = dbt_build()
+    materialized = built >> spark_features() >> feast_apply() >> materialize_online()
+    materialized >> first_model_needed() >> train_first_model
+    built >> dbt_docs()
 
 
 build_features()

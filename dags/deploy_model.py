@@ -39,20 +39,11 @@ def deploy_model():
 
     @task
     def smoke_test(tag: str, version: str) -> dict:
-        import pyarrow.parquet as pq
-
         from pipelines.config import get_settings
-        from pipelines.transform.dbt import mart_file
+        from pipelines.demo import sample_transactions
         from serving.deploy import smoke_test_bento
 
-        last = pq.read_table(mart_file(get_settings())).slice(-1).to_pylist()[0]
-        sample = {
-            "transaction_id": int(last["transaction_id"]),
-            "customer_id": int(last["customer_id"]),
-            "terminal_id": int(last["terminal_id"]),
-            "tx_amount": float(last["tx_amount"]),
-            "tx_datetime": last["tx_datetime"].isoformat(),
-        }
+        sample = sample_transactions(get_settings(), 1)[0]  # the newest real transaction
         score = smoke_test_bento(tag, sample)
         if score["model_version"] != version:
             raise ValueError(f"bento served v{score['model_version']}, expected v{version}")

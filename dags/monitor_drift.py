@@ -17,14 +17,10 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from pipelines.config import get_settings
-from pipelines.monitoring.retrain import RETRAIN_COOLDOWN_DAYS
 from pipelines.monitoring.trigger import DeduplicatedTriggerDagRunOperator
 from pipelines.orchestration import DEFAULT_ARGS, utc_midnight
 
 settings = get_settings()
-# Until these are Settings fields (FRAUD_MONITOR_SCHEDULE, FRAUD_RETRAIN_COOLDOWN_DAYS).
-SCHEDULE = getattr(settings, "monitor_schedule", "@daily")
-COOLDOWN_DAYS = getattr(settings, "retrain_cooldown_days", RETRAIN_COOLDOWN_DAYS)
 
 
 def _day(data_interval_start: dt.datetime | None, params: dict | None) -> dt.date:
@@ -36,7 +32,7 @@ def _day(data_interval_start: dt.datetime | None, params: dict | None) -> dt.dat
 
 
 @dag(
-    schedule=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
+    schedule=CronDataIntervalTimetable(settings.monitor_schedule, timezone="UTC"),
     start_date=utc_midnight(settings.history_start_date),
     catchup=False,
     # Runs in order: each decision sees the trigger (and metrics) of the one before.
@@ -54,7 +50,7 @@ def _day(data_interval_start: dt.datetime | None, params: dict | None) -> dt.dat
     doc_md=__doc__,
 )
 def monitor_drift():
-    @task.sensor(poke_interval=300, timeout=12 * 3600, mode="reschedule")
+    @task.sensor(poke_interval=settings.monitor_poke_seconds, timeout=12 * 3600, mode="reschedule")
     def wait_for_data(data_interval_start=None, params=None) -> bool:
         from pipelines.config import get_settings
         from pipelines.monitoring.data import mart_has_day
@@ -143,7 +139,7 @@ def monitor_drift():
         DeduplicatedTriggerDagRunOperator(
             task_id="retrain",
             payload_task_id="compute_drift",
-            cooldown_days=COOLDOWN_DAYS,
+            cooldown_days=settings.retrain_cooldown_days,
         ),
     ]
 

@@ -46,6 +46,12 @@ from pipelines.orchestration import DEFAULT_ARGS, MODEL
             minimum=10,
             description="Search time budget in seconds; empty = FRAUD_TUNING_TIMEOUT_SECONDS.",
         ),
+        "max_epochs": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description="Epoch cap per trial; empty = FRAUD_MAX_EPOCHS.",
+        ),
         "reason": Param("manual", type="string", description="Why this training runs."),
     },
     doc_md=__doc__,
@@ -74,6 +80,8 @@ def train_model():
 
         params = params or {}
         settings = get_settings()
+        if params.get("max_epochs"):
+            settings = settings.model_copy(update={"max_epochs": params["max_epochs"]})
         result = tune_model(
             settings,
             ids["run_id"],

@@ -29,6 +29,7 @@ app.add_typer(features_app, name="features")
 
 def _add_stage_apps() -> None:
     """Command groups that live beside their stage (imported lazily by typer only when used)."""
+    from pipelines.experiment.cli import experiment_app
     from pipelines.monitoring.cli import monitor_app
     from pipelines.platform.cli import platform_app
     from pipelines.training.cli import registry_app, train_app
@@ -36,6 +37,7 @@ def _add_stage_apps() -> None:
     app.add_typer(train_app, name="train")
     app.add_typer(registry_app, name="registry")
     app.add_typer(monitor_app, name="monitor")
+    app.add_typer(experiment_app, name="experiment")
     app.add_typer(platform_app, name="platform", help="Service entry points (compose, tests).")
 
 
@@ -199,6 +201,15 @@ def features_apply() -> None:
     apply(get_settings())
 
 
+@features_app.command("docs")
+def features_docs() -> None:
+    """dbt docs generate: publish the docs site (lineage graph) that `make up` serves."""
+    from pipelines.transform.dbt import generate_docs
+
+    r = generate_docs(get_settings())
+    console.print(f"dbt docs: {r.nodes} nodes in {r.elapsed_seconds:.1f}s -> {r.path}")
+
+
 @features_app.command("materialize")
 def features_materialize() -> None:
     """Load the online store up to the newest feature row."""
@@ -228,8 +239,68 @@ def score_day_cmd(
     console.print(f"{r.day}: {r.rows:,} scored by v{r.model_version} {r.decisions} -> {r.path}")
 
 
+@app.command()
+def demo(
+    count: int = typer.Option(5, min=1, max=100, help="Newest mart transactions to score."),
+    drift: str | None = typer.Option(
+        None, help="Switch a drift scenario on from today: spending, new_fraud or geo."
+    ),
+) -> None:
+    """Score a few transactions on the running endpoint; --drift starts the retraining loop.
+
+    With --drift: ingest today with the scenario on, build features, monitor today; then watch
+    monitor_drift -> train_model -> deploy_model in the Airflow UI.
+    """
+    from pipelines import demo as d
+
+    settings = get_settings()
+    if drift is not None and drift not in d.DRIFT_SWITCHES:
+        raise typer.BadParameter(f"one of {sorted(d.DRIFT_SWITCHES)}", param_hint="--drift")
+    transactions = d.sample_transactions(settings, count)
+    scores = d.score(settings, transactions)
+    table = Table("transaction", "customer", "amount", "fraud prob.", "decision", "model")
+    for t, s in zip(transactions, scores, strict=True):
+        unknown = " (unknown)" if s["unknown_customer"] else ""
+        table.add_row(
+            str(t["transaction_id"]),
+            f"{t['customer_id']}{unknown}",
+            f"{t['tx_amount']:.2f}",
+            f"{s['fraud_probability']:.4f}",
+            s["decision"],
+            f"{s['model_name']} v{s['model_version']}",
+        )
+    console.print(table)
+    if drift is None:
+        return
+
+    from pipelines.platform.airflow import AirflowServices
+
+    today = dt.date.today()
+    console.print(f"drift switched on: {d.switch_drift_on(settings, drift, today)}")
+    airflow = AirflowServices(settings)
+    with airflow.client() as api:
+        run_id = d.trigger(api, "ingest_transactions", {"day": today.isoformat()})
+        console.print(f"ingesting {today} (drifted): {run_id}")
+        if d.wait_for_run(api, "ingest_transactions", run_id) != "success":
+            raise typer.Exit(1)
+        started = api.get(f"/dags/ingest_transactions/dagRuns/{run_id}").json()["start_date"]
+        with console.status("build_features (woken by the ingest's Asset event)…"):
+            state = d.wait_for_features_after(api, started)
+        if state != "success":
+            console.print("[red]build_features failed[/]: see the Airflow UI")
+            raise typer.Exit(1)
+        run_id = d.trigger(api, "monitor_drift", {"day": today.isoformat()})
+    console.print(f"monitor_drift started for {today}: {run_id}")
+    console.print(
+        f"watch it: {airflow.base_url}/dags/monitor_drift (retrain branch) -> "
+        f"{airflow.base_url}/dags/train_model -> {airflow.base_url}/dags/deploy_model; "
+        f"then `python -m pipelines demo` again shows the new model version."
+    )
+
+
 def _stack(settings):
     from pipelines.platform.airflow import AirflowServices
+    from pipelines.platform.lineage import DbtDocsSite, FeastUI
     from pipelines.platform.mlflow import MlflowServer
     from pipelines.platform.scoring import ScoringService
 
@@ -239,23 +310,28 @@ def _stack(settings):
         artifacts_destination=str(settings.mlflow_dir / "artifacts"),
         port=settings.mlflow_ui_port,
     )
-    return AirflowServices(settings), mlflow, ScoringService(settings)
+    lineage = (DbtDocsSite(settings), FeastUI(settings))
+    return AirflowServices(settings), mlflow, ScoringService(settings), lineage
 
 
 @services_app.command("up")
 def services_up() -> None:
-    """Initialise ./var, start Airflow, the MLflow UI and the scoring API; print the URLs."""
+    """Initialise ./var, start Airflow, the MLflow UI, the scoring API, the dbt docs site and
+    the Feast UI; print the URLs."""
     from pipelines.platform.runtime import initialise
 
     settings = initialise(get_settings())
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    airflow, mlflow, scoring = _stack(settings)
+    airflow, mlflow, scoring, (docs, feast_ui) = _stack(settings)
     with console.status("starting Airflow (api-server, scheduler, dag-processor, triggerer)…"):
         airflow.up()
     with console.status("starting the MLflow UI…"):
         mlflow.up()
     with console.status("starting the scoring API (bentoml serve)…"):
         scoring.up()
+    with console.status("starting the dbt docs site and the Feast UI…"):
+        docs.up()
+        feast_ui.up()
     login = airflow.login()
     console.print(
         f"[green]Airflow[/]      {airflow.base_url}   login: {login.username} / {login.password}"
@@ -263,6 +339,9 @@ def services_up() -> None:
     console.print(f"[green]MLflow UI[/]    {mlflow.url}")
     ready = "ready" if scoring.ready() else "waiting for the first champion model"
     console.print(f"[green]Scoring API[/]  {scoring.url}/score   ({ready})")
+    docs_state = "lineage graph" if docs.published() else "after the first build_features run"
+    console.print(f"[green]dbt docs[/]     {docs.url}   ({docs_state})")
+    console.print(f"[green]Feast UI[/]     {feast_ui.url}")
     console.print(f"history: the daily ingest backfills from {settings.history_start_date}")
     console.print(f"logs: {settings.home / 'logs'}   stop: make down")
 
@@ -270,17 +349,20 @@ def services_up() -> None:
 @services_app.command("down")
 def services_down() -> None:
     """Stop what `up` started (by PID file)."""
-    airflow, mlflow, scoring = _stack(get_settings())
+    airflow, mlflow, scoring, (docs, feast_ui) = _stack(get_settings())
     stopped = [*airflow.down(), *(["mlflow-server"] if mlflow.down() else [])]
     stopped += ["bentoml-serve"] if scoring.down() else []
+    stopped += ["dbt-docs"] if docs.down() else []
+    stopped += ["feast-ui"] if feast_ui.down() else []
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @services_app.command("status")
 def services_status() -> None:
     """Which services run, and Airflow's health."""
-    airflow, mlflow, scoring = _stack(get_settings())
-    for proc in [*airflow.processes(), mlflow.process(), scoring.process()]:
+    airflow, mlflow, scoring, lineage = _stack(get_settings())
+    others = [mlflow.process(), scoring.process(), *(ui.process() for ui in lineage)]
+    for proc in [*airflow.processes(), *others]:
         pid = proc.pid()
         console.print(f"{proc.name:24} {f'running (pid {pid})' if pid else 'stopped'}")
     console.print(f"airflow health: {airflow.health()}")

@@ -180,6 +180,28 @@ class Settings(BaseSettings):
         description="Train and promote the first model as soon as features exist and no "
         "champion does (no manual trigger).",
     )
+    bootstrap_trials: int = Field(
+        4,
+        ge=1,
+        description="Optuna trials of that first model (a quick one; retrains search more).",
+    )
+    bootstrap_max_epochs: int = Field(
+        5, ge=1, description="Epoch cap per trial of that first model."
+    )
+    bootstrap_timeout_seconds: int = Field(
+        240, ge=10, description="Search time budget of that first model."
+    )
+
+    # --- monitoring --------------------------------------------------------------------
+    monitor_schedule: str = Field("@daily", description="Cron or preset of monitor_drift.")
+    monitor_poke_seconds: int = Field(
+        300,
+        ge=5,
+        description="How often monitor_drift re-checks that its day and a champion exist.",
+    )
+    retrain_cooldown_days: int = Field(
+        7, ge=1, description="No drift-triggered retrain within this many days of the last one."
+    )
 
     # --- Airflow -------------------------------------------------------------------------
     airflow_host: str = Field("127.0.0.1", description="Address the Airflow API server binds.")

@@ -25,7 +25,13 @@ def test_one_run_at_a_time_manual_or_triggered_with_params(described):
     assert described["errors"] == {}
     assert described["max_active_runs"] == 1
     assert described["schedule"] == "NullTimetable"  # no schedule: manual or triggered
-    assert sorted(described["params"]) == ["reason", "test_end", "timeout_seconds", "trials"]
+    assert sorted(described["params"]) == [
+        "max_epochs",
+        "reason",
+        "test_end",
+        "timeout_seconds",
+        "trials",
+    ]
 
 
 def test_only_a_promotion_emits_the_model_asset(described):

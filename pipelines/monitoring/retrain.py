@@ -2,6 +2,9 @@
 
 A retrain decision triggers a ``train_model`` run only if all hold:
 
+0. a champion exists, unless bootstrap training is off: before the first model there is nothing
+   to protect, the reference would be the lake's own warm-up days, and ``build_features``
+   trains the first model anyway (``pipelines/training/bootstrap.py``);
 1. no ``train_model`` run is queued or running (whoever started it);
 2. no ``train_model`` run was triggered in the last ``cooldown_days`` days (wall clock): the
    monitor gives the runs it triggers the logical date *midnight UTC of the day it triggers
@@ -55,7 +58,20 @@ class TriggerVerdict:
     reason: str
 
 
-def trigger_verdict(active_runs: int, recent_runs: int, cooldown_days: int) -> TriggerVerdict:
+def trigger_verdict(
+    active_runs: int,
+    recent_runs: int,
+    cooldown_days: int,
+    *,
+    champion_exists: bool = True,
+    bootstrap_training: bool = False,
+) -> TriggerVerdict:
+    if not champion_exists and bootstrap_training:
+        # A young lake compared with its own warm-up days "drifts" on every novelty feature;
+        # the first model is build_features' job (pipelines/training/bootstrap.py).
+        return TriggerVerdict(
+            False, "no champion yet: build_features trains the first model (bootstrap)"
+        )
     if active_runs:
         return TriggerVerdict(False, f"{active_runs} {TRAIN_DAG_ID} run(s) queued or running")
     if recent_runs:

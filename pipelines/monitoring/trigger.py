@@ -63,7 +63,17 @@ class DeduplicatedTriggerDagRunOperator(TriggerDagRunOperator):
             dag_id=self.trigger_dag_id,
             logical_dates=cooldown_logical_dates(now, self.cooldown_days),
         )
-        verdict = trigger_verdict(active, recent, self.cooldown_days)
+        from pipelines.config import get_settings
+        from pipelines.registry.gate import champion
+
+        settings = get_settings()
+        verdict = trigger_verdict(
+            active,
+            recent,
+            self.cooldown_days,
+            champion_exists=champion(settings) is not None,
+            bootstrap_training=settings.bootstrap_training,
+        )
         self.log.info("retrain for %s: %s", day, verdict.reason)
         if not verdict.trigger:
             raise AirflowSkipException(verdict.reason)

@@ -152,10 +152,9 @@ def register_version(
     Idempotent per run: if a version of ``run_id`` exists already (a retried task), it is
     returned instead of registering a duplicate.
     """
+    # tracking.client also points the process-wide URIs at the store: MLflow resolves a
+    # ``models:/m-<id>`` source through them, not through the client.
     c = tracking.client(settings)
-    # MLflow resolves a ``models:/m-<id>`` source through the process-wide tracking URI, not
-    # the client's: in a fresh process (an Airflow task) that would be ./mlflow.db.
-    tracking.use_tracking(settings)
     _ensure_registered_model(settings)
     if run_id is not None:
         existing = c.search_model_versions(

@@ -272,6 +272,12 @@ def test_trigger_verdict():
     assert retrain.trigger_verdict(0, 0, 7).trigger
     assert not retrain.trigger_verdict(1, 0, 7).trigger  # queued or running
     assert not retrain.trigger_verdict(0, 1, 7).trigger  # within the cooldown
+    # Before the first champion, bootstrap training owns the first model.
+    assert not retrain.trigger_verdict(
+        0, 0, 7, champion_exists=False, bootstrap_training=True
+    ).trigger
+    assert retrain.trigger_verdict(0, 0, 7, champion_exists=False, bootstrap_training=False).trigger
+    assert retrain.trigger_verdict(0, 0, 7, champion_exists=True, bootstrap_training=True).trigger
 
 
 class Ledger:
