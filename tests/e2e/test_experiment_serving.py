@@ -30,7 +30,7 @@ def challenger(world) -> str:
 
     settings = world["settings"]
     version = _register(settings, world["frame"], world["inputs"], scale=3.0)
-    client = mlflow.MlflowClient(settings.tracking_uri)
+    client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
     client.set_registered_model_alias(settings.model_name, "challenger", version)
     return version
 

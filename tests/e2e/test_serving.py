@@ -60,8 +60,11 @@ def _register(settings: Settings, frame: pd.DataFrame, inputs: list[str], scale:
             z = torch.nan_to_num((inputs - self.mean) / self.std)
             return torch.sigmoid(self.net(z) * self.scale)
 
+    # Both process-wide URIs: an earlier test may have pointed the registry elsewhere, and a
+    # plain MlflowClient() / log_model follow the globals.
     mlflow.set_tracking_uri(settings.tracking_uri)
-    client = mlflow.MlflowClient()
+    mlflow.set_registry_uri(settings.tracking_uri)
+    client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(
             Scorer(),
@@ -120,9 +123,9 @@ def world(tmp_path_factory):
         version = _register(settings, frame, inputs, scale=1.0)
         import mlflow
 
-        mlflow.MlflowClient(settings.tracking_uri).set_registered_model_alias(
-            settings.model_name, "champion", version
-        )
+        mlflow.MlflowClient(
+            settings.tracking_uri, settings.tracking_uri
+        ).set_registered_model_alias(settings.model_name, "champion", version)
         yield {
             "settings": settings,
             "env": {**os.environ},
@@ -331,7 +334,7 @@ def test_champion_hot_swap_and_refusal_of_a_broken_version(server, world):
     import mlflow
 
     settings = world["settings"]
-    client = mlflow.MlflowClient(settings.tracking_uri)
+    client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
     v2 = _register(settings, world["frame"], world["inputs"], scale=2.0)
     client.set_registered_model_alias(settings.model_name, "champion", v2)
     info = httpx.post(f"{server.url}/reload", json={}, timeout=60).json()
@@ -391,7 +394,7 @@ def test_deploy_builds_smoke_tests_and_switches_the_running_service(server, worl
     from serving.deploy import build_bento, smoke_test_bento, switch_running_service
 
     settings = world["settings"]
-    client = mlflow.MlflowClient(settings.tracking_uri)
+    client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
     version = str(client.get_model_version_by_alias(settings.model_name, "champion").version)
     tag = build_bento(version)
     assert tag.endswith(f"model-v{version}")
@@ -436,7 +439,7 @@ def test_hot_swap_under_concurrent_requests_fails_no_request(server, world):
     import mlflow
 
     settings = world["settings"]
-    client = mlflow.MlflowClient(settings.tracking_uri)
+    client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
     before = httpx.post(f"{server.url}/model_info", json={}).json()["version"]
     new = _register(settings, world["frame"], world["inputs"], scale=3.0)
     stop = threading.Event()
