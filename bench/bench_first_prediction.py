@@ -81,7 +81,8 @@ def main() -> None:
         with airflow.client() as api:
 
             def succeeded(dag_id: str, **params: str) -> list[dict]:
-                runs = api.get(f"/dags/{dag_id}/dagRuns", params=params).json()["dag_runs"]
+                query = {"limit": 1000, **params}  # the API pages by 50 by default
+                runs = api.get(f"/dags/{dag_id}/dagRuns", params=query).json()["dag_runs"]
                 return [r for r in runs if r["state"] == "success"]
 
             deadline = time.monotonic() + args.timeout
