@@ -167,7 +167,9 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        raise AssertionError("service not ready: " + self.tail())
+        log = self.tail()
+        self.stop()  # no fixture teardown runs for a failed setup: leave no server behind
+        raise AssertionError("service not ready: " + log)
 
     def tail(self) -> str:
         with open(self.log_path, errors="replace") as fh:
