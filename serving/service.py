@@ -40,8 +40,6 @@ class ServiceUnavailable(bentoml.exceptions.BentoMLException):
 @bentoml.service(name="fraud_scoring", traffic={"timeout": 30}, workers=_settings.serving_workers)
 class FraudScoringService:
     def __init__(self) -> None:
-        import mlflow
-
         from pipelines.featurestore.store import get_store
         from serving.model import CHALLENGER_ALIAS, AliasWatcher, ChampionWatcher
         from serving.prediction_log import PredictionLog
@@ -53,10 +51,6 @@ class FraudScoringService:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.settings = s = get_settings()
-        # ``models:/`` URIs resolve through MLflow's process-wide URIs, not a client's: point
-        # them at the settings' registry (the default would be ./mlflow.db in the cwd).
-        mlflow.set_tracking_uri(s.tracking_uri)
-        mlflow.set_registry_uri(s.tracking_uri)
         self.store = get_store(s)
         self.watcher = ChampionWatcher(s.tracking_uri, s.model_name, s.model_poll_seconds)
         self.watcher.start()
