@@ -78,16 +78,13 @@ def main() -> None:
         from pipelines.config import load_settings
         from pipelines.features.runner import run_feature_job
         from pipelines.featurestore import store
-        from pipelines.ingest.simulated import ingest_simulated_day
-        from pipelines.simulate import SimulationConfig, TransactionSimulator
+        from pipelines.ingest.simulated import ingest_simulated_days
         from pipelines.transform.dbt import mart_file, run_dbt_build
 
         settings = load_settings()
-        sim = TransactionSimulator(SimulationConfig.from_settings(settings))
 
         def ingest() -> int:
-            days = (start + dt.timedelta(days=i) for i in range(args.days))
-            return sum(ingest_simulated_day(d, settings, simulator=sim).transactions for d in days)
+            return sum(r.transactions for r in ingest_simulated_days(start, last, settings))
 
         print(f"handbook world, {start} .. {last}")
         rows, _ = timed("ingest (simulate + write, all days)", ingest)

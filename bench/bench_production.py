@@ -241,18 +241,16 @@ def main() -> None:
         )
         from pipelines.config import load_settings
         from pipelines.features.runner import run_feature_job
-        from pipelines.ingest.simulated import ingest_simulated_day
-        from pipelines.simulate import SimulationConfig, TransactionSimulator
+        from pipelines.ingest.simulated import ingest_simulated_days
         from pipelines.transform.dbt import run_dbt_build
 
         with environment(FRAUD_HOME=home / "lake"):
             lake = load_settings()
-        sim = TransactionSimulator(SimulationConfig.from_settings(lake))
-        days = [START + dt.timedelta(days=i) for i in range(args.days)]
+        last = START + dt.timedelta(days=args.days - 1)
         print(f"world: {args.customers:,} customers, {args.terminals:,} terminals, {args.days} d")
 
         def ingest() -> int:
-            return sum(ingest_simulated_day(d, lake, simulator=sim).transactions for d in days)
+            return sum(r.transactions for r in ingest_simulated_days(START, last, lake))
 
         rows, _ = timed("ingest", ingest)
         print(f"{rows:,} transactions")

@@ -125,19 +125,15 @@ def build_world(home: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from pipelines.config import load_settings
-    from pipelines.features.runner import run_feature_job
+    from pipelines.features.build import build_features
     from pipelines.featurestore import store
-    from pipelines.ingest.simulated import ingest_simulated_day
-    from pipelines.transform.dbt import mart_file, run_dbt_build
+    from pipelines.ingest.simulated import ingest_simulated_days
+    from pipelines.transform.dbt import mart_file
 
     settings = load_settings()
     started = time.monotonic()
-    for i in range(N_DAYS):
-        ingest_simulated_day(FIRST_DAY + dt.timedelta(days=i), settings)
-    run_dbt_build(settings)
-    run_feature_job(settings)
-    store.apply(settings)
-    store.materialize_latest(settings)
+    ingest_simulated_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=N_DAYS - 1), settings)
+    build_features(settings)
     mart = pq.read_table(mart_file(settings)).to_pandas()
     labelled = mart[mart.tx_fraud.notna()]
     frame = store.historical_features(settings, store.training_entities(labelled)).merge(

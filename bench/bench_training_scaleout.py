@@ -71,21 +71,13 @@ def load() -> str:
 
 
 def build_world(settings) -> dict[str, str]:
-    from pipelines.features.runner import run_feature_job
-    from pipelines.featurestore import store
-    from pipelines.ingest.simulated import ingest_simulated_day
-    from pipelines.simulate import SimulationConfig, TransactionSimulator
+    from pipelines.features.build import build_features
+    from pipelines.ingest.simulated import ingest_simulated_days
     from pipelines.training import train
-    from pipelines.transform.dbt import run_dbt_build
 
-    sim = TransactionSimulator(SimulationConfig.from_settings(settings))
-    day = FIRST_DAY
-    while day <= TEST_END + dt.timedelta(days=settings.label_delay_days):
-        ingest_simulated_day(day, settings, simulator=sim)
-        day += dt.timedelta(days=1)
-    run_dbt_build(settings)
-    run_feature_job(settings)
-    store.apply(settings)
+    last = TEST_END + dt.timedelta(days=settings.label_delay_days)
+    ingest_simulated_days(FIRST_DAY, last, settings)
+    build_features(settings, materialize=False)  # training reads the offline store only
     return train.build_dataset(settings, TEST_END, reason="benchmark")
 
 

@@ -68,32 +68,18 @@ def run_seed(seed: int, home: Path, budget: int, trials: int) -> dict:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from pipelines.config import load_settings
-    from pipelines.features.runner import run_feature_job
-    from pipelines.featurestore import store
-    from pipelines.ingest.simulated import ingest_simulated_day
-    from pipelines.simulate import SimulationConfig, TransactionSimulator
+    from pipelines.features.build import build_features
+    from pipelines.ingest.simulated import ingest_simulated_days
     from pipelines.training import dataset
     from pipelines.training.train import run_training
-    from pipelines.transform.dbt import run_dbt_build
 
     settings = load_settings()
     assert settings.home == home.resolve() and settings.seed == seed
     timings: dict[str, float] = {}
     started = time.monotonic()
-    sim = TransactionSimulator(SimulationConfig.from_settings(settings))
-    day = FIRST_DAY
-    while day <= LAST_DAY:
-        ingest_simulated_day(day, settings, simulator=sim)
-        day += dt.timedelta(days=1)
+    ingest_simulated_days(FIRST_DAY, LAST_DAY, settings)
     timings["ingest"] = time.monotonic() - started
-    for name, step in (
-        ("dbt", lambda: run_dbt_build(settings)),
-        ("spark", lambda: run_feature_job(settings)),
-        ("feast_apply", lambda: store.apply(settings)),
-    ):
-        t0 = time.monotonic()
-        step()
-        timings[name] = time.monotonic() - t0
+    timings.update(build_features(settings, materialize=False).seconds)
 
     t0 = time.monotonic()
     outcome = run_training(

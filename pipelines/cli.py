@@ -119,18 +119,16 @@ def ingest_range(
     end: dt.datetime = typer.Option(..., formats=["%Y-%m-%d"], help="Last day (inclusive)."),
 ) -> None:
     """Ingest a range of simulated days, as a backfill of the daily DAG would."""
-    from pipelines.ingest.simulated import ingest_simulated_day
-    from pipelines.simulate import SimulationConfig, TransactionSimulator
+    from pipelines.ingest.simulated import ingest_simulated_days
 
     settings = get_settings()
-    sim = TransactionSimulator(SimulationConfig.from_settings(settings))
     days = _days(start.date(), end.date())
-    total = 0
     with _progress() as progress:
         task = progress.add_task("ingesting", total=len(days))
-        for day in days:
-            total += ingest_simulated_day(day, settings, simulator=sim).transactions
-            progress.advance(task)
+        results = ingest_simulated_days(
+            days[0], days[-1], settings, on_day=lambda _: progress.advance(task)
+        )
+    total = sum(r.transactions for r in results)
     console.print(f"{len(days)} days, {total:,} transactions -> {settings.raw_transactions_dir}")
 
 
@@ -222,10 +220,15 @@ def features_materialize() -> None:
 @features_app.command("build")
 def features_build() -> None:
     """All of it, in order: dbt, Spark, feast apply, materialize (what build_features runs)."""
-    features_dbt()
-    features_spark()
-    features_apply()
-    features_materialize()
+    from pipelines.features.build import build_features
+
+    with console.status("building features…") as status:
+        built = build_features(get_settings(), on_step=lambda name: status.update(f"{name}…"))
+    steps = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in built.seconds.items())
+    console.print(
+        f"features: {built.spark.input_rows:,} transactions, {built.dbt.tests_passed} dbt tests "
+        f"passed; online store loaded up to {built.online_until} ({steps})"
+    )
 
 
 @app.command("score-day")

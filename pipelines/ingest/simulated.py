@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +73,26 @@ def ingest_simulated_day(
     return DayIngestResult(
         day, tx.num_rows, tx_path, labels_day if labels_path else None, n_labels, labels_path
     )
+
+
+def ingest_simulated_days(
+    first: dt.date,
+    last: dt.date,
+    settings: Settings,
+    on_day: Callable[[DayIngestResult], None] | None = None,
+) -> list[DayIngestResult]:
+    """Ingest ``first``..``last`` (inclusive) in order, as a backfill of the daily DAG would.
+
+    One simulator serves every day (its customer and terminal tables are built once).
+    ``on_day`` sees each result as it lands: progress output for a long range.
+    """
+    if last < first:
+        raise ValueError(f"end {last} is before start {first}")
+    sim = TransactionSimulator(SimulationConfig.from_settings(settings))
+    results = []
+    for offset in range((last - first).days + 1):
+        result = ingest_simulated_day(first + dt.timedelta(days=offset), settings, simulator=sim)
+        results.append(result)
+        if on_day is not None:
+            on_day(result)
+    return results

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.lake import part_path
-from tests.e2e.conftest import running_airflow, wait_for_run
+from tests.e2e.conftest import failure_report, running_airflow, wait_for_run
 
 pytestmark = pytest.mark.airflow
 HISTORY_DAYS = 2
@@ -101,10 +101,10 @@ def test_ingest_wakes_build_features_through_the_asset(airflow, api):
         runs = api.get("/dags/build_features/dagRuns").json()["dag_runs"]
         if any(r["state"] == "success" for r in runs):
             break
-        if any(r["state"] == "failed" for r in runs):
-            failed = runs[-1]["dag_run_id"]
-            tis = api.get(f"/dags/build_features/dagRuns/{failed}/taskInstances").json()
-            raise AssertionError(f"build_features failed: {tis}")
+        failed = [r["dag_run_id"] for r in runs if r["state"] == "failed"]
+        if failed:
+            reports = [failure_report(api, "build_features", run_id) for run_id in failed]
+            raise AssertionError("\n".join(reports))
         time.sleep(3)
     assert any(r["state"] == "success" for r in runs), runs
     assert all(r["run_type"] == "asset_triggered" for r in runs)

@@ -25,7 +25,7 @@ import pytest
 from pipelines.platform.scoring import ScoringService
 from pipelines.training.bootstrap import BOOTSTRAP_RUN_ID
 from tests.conftest import free_port
-from tests.e2e.conftest import running_airflow, wait_for_run
+from tests.e2e.conftest import failure_report, running_airflow, wait_for_run
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -82,15 +82,10 @@ def _run(api: httpx.Client, dag_id: str, run_id: str) -> dict | None:
     return response.json() if response.status_code == 200 else None
 
 
-def _failed_tasks(api: httpx.Client, dag_id: str, run_id: str) -> list[str]:
-    tis = api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
-    return [f"{ti['task_id']}={ti['state']}" for ti in tis if ti["state"] != "success"]
-
-
 def _wait_for_success(api: httpx.Client, dag_id: str, run_id: str, timeout: float) -> dict:
     run = _wait_for(f"{dag_id} run {run_id}", lambda: _run(api, dag_id, run_id), timeout)
     run = wait_for_run(api, dag_id, run_id, timeout=timeout)
-    assert run["state"] == "success", (run, _failed_tasks(api, dag_id, run_id))
+    assert run["state"] == "success", failure_report(api, dag_id, run_id)
     return run
 
 
@@ -105,9 +100,7 @@ def _wait_for_next_success(api: httpx.Client, dag_id: str, after: str | None, ti
     def probe() -> dict | None:
         runs = _runs_after(api, dag_id, after)
         failed = [r for r in runs if r["state"] == "failed"]
-        assert not failed, [
-            (r["dag_run_id"], _failed_tasks(api, dag_id, r["dag_run_id"])) for r in failed
-        ]
+        assert not failed, "\n".join(failure_report(api, dag_id, r["dag_run_id"]) for r in failed)
         return next((r for r in runs if r["state"] == "success"), None)
 
     return _wait_for(f"a successful {dag_id} run after {after}", probe, timeout)

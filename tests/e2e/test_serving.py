@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import PROJECT_ROOT, Settings, load_settings
+from pipelines.features.build import build_features
 from pipelines.featurestore import store
-from pipelines.ingest.simulated import ingest_simulated_day
-from pipelines.transform.dbt import mart_file, run_dbt_build
+from pipelines.ingest.simulated import ingest_simulated_days
+from pipelines.transform.dbt import mart_file
 from tests.conftest import free_port
 
 FIRST_DAY = dt.date(2018, 4, 1)
@@ -88,8 +89,6 @@ def _register(settings: Settings, frame: pd.DataFrame, inputs: list[str], scale:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from pipelines.features.runner import run_feature_job
-
     home = tmp_path_factory.mktemp("serving")
     env = {
         "FRAUD_HOME": str(home),
@@ -106,12 +105,8 @@ def world(tmp_path_factory):
         for key, value in env.items():
             mp.setenv(key, value)
         settings = load_settings()
-        for i in range(N_DAYS):
-            ingest_simulated_day(FIRST_DAY + dt.timedelta(days=i), settings)
-        run_dbt_build(settings)
-        run_feature_job(settings)
-        store.apply(settings)
-        store.materialize_latest(settings)
+        ingest_simulated_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=N_DAYS - 1), settings)
+        build_features(settings)
         mart = pq.read_table(mart_file(settings)).to_pandas()
         labelled = mart[mart.tx_fraud.notna()]
         features = store.historical_features(settings, store.training_entities(labelled))

@@ -15,9 +15,9 @@ import json
 import pytest
 
 from pipelines.config import Settings, load_settings
+from pipelines.features.build import build_features
 from pipelines.featurestore import store
-from pipelines.ingest.simulated import ingest_simulated_day
-from pipelines.transform.dbt import run_dbt_build
+from pipelines.ingest.simulated import ingest_simulated_days
 
 FIRST_DAY = dt.date(2018, 4, 1)
 TEST_END = dt.date(2018, 5, 14)  # test 05-08..05-14, train 04-24..04-30, selection from 04-10
@@ -30,8 +30,6 @@ class Interrupt(Exception):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Settings:
-    from pipelines.features.runner import run_feature_job
-
     home = tmp_path_factory.mktemp("training")
     env = {
         "FRAUD_HOME": str(home),
@@ -47,13 +45,8 @@ def world(tmp_path_factory) -> Settings:
         for key, value in env.items():
             mp.setenv(key, value)
         settings = load_settings()
-        day = FIRST_DAY
-        while day <= LAST_DAY:
-            ingest_simulated_day(day, settings)
-            day += dt.timedelta(days=1)
-        run_dbt_build(settings)
-        run_feature_job(settings)
-        store.apply(settings)
+        ingest_simulated_days(FIRST_DAY, LAST_DAY, settings)
+        build_features(settings, materialize=False)  # training reads the offline store only
         yield settings
 
 

@@ -50,12 +50,9 @@ def _rows(database: str, sql: str) -> list[tuple]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, fresh_database):
     """Lake, features, Feast and the run's datasets; study and tracking on PostgreSQL."""
-    from pipelines.features.runner import run_feature_job
-    from pipelines.featurestore import store
-    from pipelines.ingest.simulated import ingest_simulated_day
-    from pipelines.simulate import SimulationConfig, TransactionSimulator
+    from pipelines.features.build import build_features
+    from pipelines.ingest.simulated import ingest_simulated_days
     from pipelines.training import train
-    from pipelines.transform.dbt import run_dbt_build
 
     optuna_db, mlflow_db = fresh_database("optuna"), fresh_database("mlflow_scaleout")
     home = tmp_path_factory.mktemp("training-scaleout")
@@ -67,14 +64,8 @@ def world(tmp_path_factory, fresh_database):
         FRAUD_MAX_EPOCHS="4",
         FRAUD_TORCH_THREADS="2",
     ) as settings:
-        sim = TransactionSimulator(SimulationConfig.from_settings(settings))
-        day = FIRST_DAY
-        while day <= LAST_DAY:
-            ingest_simulated_day(day, settings, simulator=sim)
-            day += dt.timedelta(days=1)
-        run_dbt_build(settings)
-        run_feature_job(settings)
-        store.apply(settings)
+        ingest_simulated_days(FIRST_DAY, LAST_DAY, settings)
+        build_features(settings, materialize=False)  # training reads the offline store only
         ids = train.build_dataset(settings, TEST_END, reason="scale-out test")
         yield {
             "settings": settings,
