@@ -52,6 +52,18 @@ def _admin_connection():
     return conn
 
 
+def query(database: str, sql: str) -> list[tuple]:
+    """The rows of ``sql`` run on ``database`` (one of the tests' own databases)."""
+    import psycopg2
+
+    conn = psycopg2.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=database, connect_timeout=5
+    )
+    with contextlib.closing(conn), conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchall()
+
+
 @contextlib.contextmanager
 def profile(**env: str | Path) -> Iterator[Settings]:
     """Settings of a profile given as FRAUD_* variables, set in os.environ while inside.
@@ -129,15 +141,12 @@ def redis_keys(client, project: str) -> list[bytes]:
 def small_lake(tmp_path_factory) -> Settings:
     """20 simulated days through dbt and the Spark job on local[2]: the reference tables."""
     from pipelines.features.runner import run_feature_job
-    from pipelines.ingest.simulated import ingest_simulated_day
-    from pipelines.simulate import SimulationConfig, TransactionSimulator
+    from pipelines.ingest.simulated import ingest_simulated_days
     from pipelines.transform.dbt import run_dbt_build
 
     home = tmp_path_factory.mktemp("production-lake")
     with profile(FRAUD_HOME=home, FRAUD_SPARK_MASTER="local[2]") as settings:
-        sim = TransactionSimulator(SimulationConfig.from_settings(settings))
-        for i in range(N_DAYS):
-            ingest_simulated_day(FIRST_DAY + dt.timedelta(days=i), settings, simulator=sim)
+        ingest_simulated_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=N_DAYS - 1), settings)
         run_dbt_build(settings)
         run_feature_job(settings)
     return settings

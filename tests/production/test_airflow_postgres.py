@@ -6,7 +6,6 @@ and a fresh database; only ``FRAUD_AIRFLOW_DATABASE_URL`` differs from the embed
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import time
 
@@ -20,7 +19,7 @@ from pipelines.lake import part_path
 from pipelines.platform.airflow import AirflowServices
 from pipelines.platform.cli import AIRFLOW_HEALTH_KEY, platform_app
 from tests.conftest import free_port
-from tests.production.conftest import _admin_connection, pg_url, profile
+from tests.production.conftest import pg_url, profile, query
 
 pytestmark = pytest.mark.airflow
 TODAY = dt.date.today()
@@ -67,19 +66,6 @@ def api(airflow_pg) -> httpx.Client:
         yield client
 
 
-def _query(database: str, sql: str) -> list[tuple]:
-    import psycopg2
-
-    with contextlib.closing(_admin_connection()) as admin:
-        dsn = admin.get_dsn_parameters()
-    conn = psycopg2.connect(
-        host=dsn["host"], port=dsn["port"], user=dsn["user"], dbname=database, connect_timeout=5
-    )
-    with contextlib.closing(conn), conn.cursor() as cur:
-        cur.execute(sql)
-        return cur.fetchall()
-
-
 def _wait_for_runs(api: httpx.Client, run_ids: list[str], timeout: float = 240) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -92,9 +78,9 @@ def _wait_for_runs(api: httpx.Client, run_ids: list[str], timeout: float = 240) 
 
 def test_metadata_lives_in_postgres_and_the_scheduler_uses_the_local_executor(airflow_pg, api):
     services, database = airflow_pg
-    dags = {row[0] for row in _query(database, "select dag_id from dag")}
+    dags = {row[0] for row in query(database, "select dag_id from dag")}
     assert {DAG, "build_features", "ingest_landing"} <= dags
-    running = _query(
+    running = query(
         database, "select count(*) from job where job_type = 'SchedulerJob' and state = 'running'"
     )
     assert running == [(1,)]
@@ -143,4 +129,4 @@ def test_down_stops_every_process(airflow_pg):
     assert len(services.down()) == 4
     assert not any(psutil.pid_exists(pid) for pid in pids)
     # The database is still there (dropped at the end of the session), the server is not.
-    assert _query(database, "select count(*) from dag_run")[0][0] >= 2
+    assert query(database, "select count(*) from dag_run")[0][0] >= 2

@@ -6,8 +6,6 @@ client side only knows the server's URL, as training and serving do in productio
 
 from __future__ import annotations
 
-import contextlib
-
 import pandas as pd
 import pytest
 from mlflow.pyfunc import PythonModel
@@ -16,7 +14,7 @@ from typer.testing import CliRunner
 from pipelines.platform.cli import platform_app
 from pipelines.platform.mlflow import MlflowServer
 from tests.conftest import free_port
-from tests.production.conftest import _admin_connection, pg_url
+from tests.production.conftest import pg_url, query
 
 MODEL = "fraud-detector-prodtest"
 
@@ -43,17 +41,6 @@ def server(tmp_path_factory, fresh_database):
         yield mlflow_server, database
     finally:
         mlflow_server.down()
-
-
-def _rows(database: str, sql: str) -> list[tuple]:
-    import psycopg2
-
-    with contextlib.closing(_admin_connection()) as admin:
-        dsn = admin.get_dsn_parameters()
-    conn = psycopg2.connect(host=dsn["host"], port=dsn["port"], user=dsn["user"], dbname=database)
-    with contextlib.closing(conn), conn.cursor() as cur:
-        cur.execute(sql)
-        return cur.fetchall()
 
 
 def test_run_registered_version_and_alias_live_in_postgres(server, monkeypatch, tmp_path):
@@ -107,11 +94,11 @@ def _log_register_and_load(mlflow_server, database) -> None:
     assert any((mlflow_server.home / "artifacts").rglob("MLmodel"))
 
     # And it all sits in the PostgreSQL database, not in some local SQLite file.
-    assert _rows(database, "select name, version from model_versions") == [(MODEL, 1)]
-    assert _rows(database, "select name, alias, version from registered_model_aliases") == [
+    assert query(database, "select name, version from model_versions") == [(MODEL, 1)]
+    assert query(database, "select name, alias, version from registered_model_aliases") == [
         (MODEL, "champion", 1)
     ]
-    assert ("average_precision",) in _rows(database, "select key from metrics")
+    assert ("average_precision",) in query(database, "select key from metrics")
 
 
 def test_the_compose_healthcheck_passes_natively(server):

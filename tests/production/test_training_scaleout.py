@@ -13,7 +13,6 @@ datasets), small enough for a few minutes on 2 cores.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import Settings
-from tests.production.conftest import FIRST_DAY, _admin_connection, pg_url, profile
+from tests.production.conftest import FIRST_DAY, pg_url, profile, query
 
 TEST_END = dt.date(2018, 5, 14)  # test 05-08..05-14, train 04-24..04-30, selection from 04-10
 LAST_DAY = TEST_END + dt.timedelta(days=7)  # the ingest of that day brings the last labels
@@ -34,17 +33,6 @@ RESUMED_TRIALS = 10
 # (Before the sampler followed the single-process order the gap was 0.021.)
 MAX_AP_GAP = 0.03
 MAX_AUC_GAP = 0.02
-
-
-def _rows(database: str, sql: str) -> list[tuple]:
-    import psycopg2
-
-    with contextlib.closing(_admin_connection()) as admin:
-        dsn = admin.get_dsn_parameters()
-    conn = psycopg2.connect(host=dsn["host"], port=dsn["port"], user=dsn["user"], dbname=database)
-    with contextlib.closing(conn), conn.cursor() as cur:
-        cur.execute(sql)
-        return cur.fetchall()
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +121,7 @@ def test_the_study_lives_in_postgres_and_resumes(world, search):
 
     study = _study(settings, resumed["study_name"])
     assert sorted(t.number for t in study.trials) == list(range(RESUMED_TRIALS))
-    assert _rows(world["optuna_db"], "select count(*) from trials") == [(RESUMED_TRIALS,)]
+    assert query(world["optuna_db"], "select count(*) from trials") == [(RESUMED_TRIALS,)]
     assert not (settings.home / "optuna").exists()  # no SQLite fallback
     # tuning.json holds the best trials of the whole (resumed) study.
     best = max(t.value for t in study.trials if t.value is not None)
@@ -156,7 +144,7 @@ def test_every_trial_is_a_child_run_logged_by_its_worker(world, search):
     assert len(workers) == 4  # two processes per call, two calls
     # Per-epoch curves from both processes reached the PostgreSQL tracking store.
     assert all("validation_average_precision" in c.data.metrics for c in children)
-    logged = _rows(world["mlflow_db"], "select count(distinct run_uuid) from metrics")
+    logged = query(world["mlflow_db"], "select count(distinct run_uuid) from metrics")
     assert logged[0][0] >= RESUMED_TRIALS
 
 
