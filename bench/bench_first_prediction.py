@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -24,11 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipelines.platform.process import free_port
 
 
 def main() -> None:
@@ -41,10 +36,10 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="first-prediction-"))
     os.environ["FRAUD_HOME"] = str(home)
     for key, port in (
-        ("FRAUD_AIRFLOW_PORT", _free_port()),
-        ("FRAUD_AIRFLOW_WORKER_LOG_PORT", _free_port()),
-        ("FRAUD_AIRFLOW_TRIGGER_LOG_PORT", _free_port()),
-        ("FRAUD_SERVING_PORT", _free_port()),
+        ("FRAUD_AIRFLOW_PORT", free_port()),
+        ("FRAUD_AIRFLOW_WORKER_LOG_PORT", free_port()),
+        ("FRAUD_AIRFLOW_TRIGGER_LOG_PORT", free_port()),
+        ("FRAUD_SERVING_PORT", free_port()),
     ):
         os.environ[key] = str(port)
     if args.history_days is not None:

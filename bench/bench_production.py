@@ -22,12 +22,13 @@ import os
 import random
 import secrets
 import shutil
-import socket
 import statistics
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from pipelines.platform.process import free_port
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PGPORT", "5432"))
@@ -35,12 +36,6 @@ PG_USER = os.environ.get("PGUSER", "postgres")
 REDIS_HOST = os.environ.get("REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("REDIS_PORT", "6379"))
 START = dt.date(2018, 4, 1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

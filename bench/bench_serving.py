@@ -28,9 +28,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +37,8 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+
+from pipelines.platform.scoring import BentoProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_DAY = dt.date(2018, 4, 1)
@@ -168,68 +167,6 @@ def build_world(home: Path) -> dict[str, Any]:
 # --- the servers --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    """``bentoml serve <target>`` as a subprocess, ready when ``/readyz`` answers 200."""
-
-    def __init__(self, target: str, env: dict[str, str], log_dir: Path, cwd: Path = ROOT) -> None:
-        import httpx
-
-        self.target = target
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"{target.split(':')[-1]}-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        command = [sys.executable, "-m", "bentoml", "serve", target]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None or "refusing" in self.tail():
-                self.stop()
-                raise RuntimeError(f"{target} exited or refused its model: {self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        self.stop()
-        raise RuntimeError(f"{target} not ready: {self.tail()}")
-
-    def cpu_seconds(self) -> float:
-        """CPU time of the server and its workers so far (user + system)."""
-        import psutil
-
-        total = 0.0
-        try:
-            parent = psutil.Process(self.proc.pid)
-            for p in [parent, *parent.children(recursive=True)]:
-                t = p.cpu_times()
-                total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-        return total
-
-    def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)  # SIGTERM to the serve PID stops its workers
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
-
-
 # --- the load generator -------------------------------------------------------------------
 
 
@@ -255,7 +192,7 @@ class Run:
 class Load:
     """Single-transaction POST /score requests over keep-alive connections (aiohttp)."""
 
-    def __init__(self, server: Served, bodies: list[dict]) -> None:
+    def __init__(self, server: BentoProcess, bodies: list[dict]) -> None:
         self.server = server
         self.payloads = [json.dumps({"transactions": [b]}).encode() for b in bodies]
         self.headers = {"content-type": "application/json"}
@@ -330,7 +267,7 @@ class Load:
             return latencies, time.perf_counter() - started
 
 
-def measure(server: Served, bodies: list[dict], args: argparse.Namespace) -> list[Run]:
+def measure(server: BentoProcess, bodies: list[dict], args: argparse.Namespace) -> list[Run]:
     load = Load(server, bodies)
 
     def run(name: str, coroutine: Any) -> Run:
@@ -397,12 +334,10 @@ def main() -> None:
             ("echo", "bench.echo_service:EchoService"),
             ("scoring", "serving.service:FraudScoringService"),
         ):
-            server = Served(target, env, home)
-            try:
+            # An echo service has no model to refuse: "refusing" is only in the scoring log.
+            with BentoProcess(target, env, home, cwd=ROOT, timeout=240, fatal="refusing") as server:
                 print(f"measuring {target} …", flush=True)
                 results[name] = measure(server, bodies, args)
-            finally:
-                server.stop()
         from serving.service import FraudScoringService
 
         declared = FraudScoringService.apis["score"].output_spec.media_type

@@ -4,11 +4,8 @@ real server, then tell the running service to switch (its hot-swap does the rest
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -72,46 +69,20 @@ def build_bento(model_version: str) -> str:
     return tag
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def smoke_test_bento(tag: str, sample: dict, timeout: float = 180) -> dict:
-    """Serve the Bento on a spare port, score ``sample`` and check the answer."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [_bin("bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bento exited: {proc.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            raise RuntimeError(f"bento {tag} not ready within {timeout:.0f}s")
-        response = httpx.post(f"{url}/score", json={"transactions": [sample]}, timeout=30)
-        if response.status_code != 200:
-            raise RuntimeError(f"smoke score failed: {response.status_code} {response.text}")
-        return response.json()[0]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    """Serve the Bento on a spare port, score ``sample`` and check the answer.
+
+    The server's log stays in ``<home>/logs/`` (named after the tag) for a refused deploy.
+    """
+    from pipelines.config import load_settings
+    from pipelines.platform.scoring import BentoProcess
+
+    log_dir = load_settings().home / "logs"
+    with BentoProcess(tag, _env(), log_dir, timeout=timeout) as bento:
+        response = httpx.post(f"{bento.url}/score", json={"transactions": [sample]}, timeout=30)
+    if response.status_code != 200:
+        raise RuntimeError(f"smoke score failed: {response.status_code} {response.text}")
+    return response.json()[0]
 
 
 def switch_running_service(settings: Settings) -> dict | None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 
 import pytest
 
 from pipelines.config import Settings, get_settings, load_settings
+from pipelines.platform.process import free_port as free_port
 
 # Small worlds keep the suite fast; the handbook-size check sets its own sizes.
 SMALL_WORLD = {"FRAUD_N_CUSTOMERS": "300", "FRAUD_N_TERMINALS": "600"}
@@ -33,12 +33,6 @@ def make_settings(tmp_path, monkeypatch) -> Callable[..., Settings]:
 @pytest.fixture
 def settings(make_settings) -> Settings:
     return make_settings()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 _DESCRIBE_DAG = """

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -108,3 +109,10 @@ def wait_until(predicate, timeout: float, interval: float = 1.0) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

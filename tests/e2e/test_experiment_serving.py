@@ -16,7 +16,7 @@ import pytest
 from pipelines.experiment.assignment import CONTROL, TREATMENT, assign
 from pipelines.platform.mlflow import MlflowServer
 from tests.conftest import free_port
-from tests.e2e.test_serving import MAX_BATCH, Server, _register, _tx
+from tests.e2e.test_serving import MAX_BATCH, _register, _tx, serve
 
 # The module-scoped world fixture, re-exported so pytest finds it here (a fresh world).
 from tests.e2e.test_serving import world as world
@@ -77,15 +77,12 @@ def test_ab_routes_the_treatment_bucket_to_the_challenger(world, challenger):
         "FRAUD_EXPERIMENT_MODE": "ab",
         "FRAUD_EXPERIMENT_TREATMENT_SHARE": str(SHARE),
     }
-    srv = Server(env)
-    try:
+    with serve(env) as srv:
         info = httpx.post(f"{srv.url}/model_info", json={}, timeout=10).json()
         assert info["experiment_mode"] == "ab" and info["treatment_share"] == SHARE
         assert (info["version"], info["challenger_version"]) == ("1", challenger)
         txs = _one_per_customer(world["mart"], 810_000)
         scores = _score_all(srv.url, txs)
-    finally:
-        srv.stop()
     expected = [assign(t["customer_id"], settings.experiment_salt, SHARE) for t in txs]
     assert {CONTROL, TREATMENT} <= set(expected)  # both arms are exercised
     assert [s["variant"] for s in scores] == expected
@@ -101,20 +98,14 @@ def test_ab_routes_the_treatment_bucket_to_the_challenger(world, challenger):
 
 def test_shadow_logs_both_scores_and_answers_like_the_champion_alone(world, challenger):
     settings = world["settings"]
-    plain = Server(world["env"])
-    try:
+    with serve(world["env"]) as plain:
         assert httpx.post(f"{plain.url}/model_info", json={}).json()["challenger_version"] is None
         alone = _score_all(plain.url, _one_per_customer(world["mart"], 820_000))
-    finally:
-        plain.stop()
-    srv = Server({**world["env"], "FRAUD_EXPERIMENT_MODE": "shadow"})
-    try:
+    with serve({**world["env"], "FRAUD_EXPERIMENT_MODE": "shadow"}) as srv:
         info = httpx.post(f"{srv.url}/model_info", json={}, timeout=10).json()
         assert (info["experiment_mode"], info["challenger_version"]) == ("shadow", challenger)
         txs = _one_per_customer(world["mart"], 830_000)
         shadowed = _score_all(srv.url, txs)
-    finally:
-        srv.stop()
 
     def answer(s: dict) -> dict:
         return {k: v for k, v in s.items() if k != "transaction_id"}
@@ -142,39 +133,36 @@ def test_registry_unreachable_keeps_serving_and_reports_degraded(world, challeng
         port=free_port(),
     )
     registry.up()
-    srv = None
     try:
         env = {
             **world["env"],
             "FRAUD_MLFLOW_TRACKING_URI": registry.url,
             "FRAUD_EXPERIMENT_MODE": "shadow",
         }
-        srv = Server(env)
-        info = httpx.post(f"{srv.url}/reload", json={}, timeout=60).json()
-        assert (info["status"], info["registry_status"]) == ("ok", "ok"), info
-        assert info["challenger_version"] == challenger
-        body = {"transactions": [_tx(world["mart"], transaction_id=840_000)]}
-        before = httpx.post(f"{srv.url}/score", json=body, timeout=30).json()
+        with serve(env) as srv:
+            info = httpx.post(f"{srv.url}/reload", json={}, timeout=60).json()
+            assert (info["status"], info["registry_status"]) == ("ok", "ok"), info
+            assert info["challenger_version"] == challenger
+            body = {"transactions": [_tx(world["mart"], transaction_id=840_000)]}
+            before = httpx.post(f"{srv.url}/score", json=body, timeout=30).json()
 
-        registry.down()
-        started = time.monotonic()
-        info = httpx.post(f"{srv.url}/reload", json={}, timeout=60).json()
-        reload_seconds = time.monotonic() - started
-        assert (info["status"], info["registry_status"]) == ("degraded", "unreachable"), info
-        assert "alias lookup failed" in info["last_reload_error"]
-        # Both models stay loaded: still scoring, still shadowing, still ready.
-        assert (info["version"], info["challenger_version"]) == ("1", challenger)
-        assert reload_seconds < 30, f"reload took {reload_seconds:.1f}s with the registry down"
-        after = httpx.post(f"{srv.url}/score", json=body, timeout=30)
-        assert after.status_code == 200 and after.json() == before
-        assert httpx.get(f"{srv.url}/readyz", timeout=5).status_code == 200
-        status = httpx.post(f"{srv.url}/model_info", json={}, timeout=10).json()["status"]
-        assert status == "degraded"
+            registry.down()
+            started = time.monotonic()
+            info = httpx.post(f"{srv.url}/reload", json={}, timeout=60).json()
+            reload_seconds = time.monotonic() - started
+            assert (info["status"], info["registry_status"]) == ("degraded", "unreachable"), info
+            assert "alias lookup failed" in info["last_reload_error"]
+            # Both models stay loaded: still scoring, still shadowing, still ready.
+            assert (info["version"], info["challenger_version"]) == ("1", challenger)
+            assert reload_seconds < 30, f"reload took {reload_seconds:.1f}s with the registry down"
+            after = httpx.post(f"{srv.url}/score", json=body, timeout=30)
+            assert after.status_code == 200 and after.json() == before
+            assert httpx.get(f"{srv.url}/readyz", timeout=5).status_code == 200
+            status = httpx.post(f"{srv.url}/model_info", json={}, timeout=10).json()["status"]
+            assert status == "degraded"
 
-        registry.up()  # back: the next check clears the degraded state
-        info = httpx.post(f"{srv.url}/reload", json={}, timeout=60).json()
-        assert (info["status"], info["registry_status"]) == ("ok", "ok"), info
+            registry.up()  # back: the next check clears the degraded state
+            info = httpx.post(f"{srv.url}/reload", json={}, timeout=60).json()
+            assert (info["status"], info["registry_status"]) == ("ok", "ok"), info
     finally:
-        if srv is not None:
-            srv.stop()
         registry.down()

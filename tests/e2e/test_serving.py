@@ -11,22 +11,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
+from pathlib import Path
 
 import httpx
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import PROJECT_ROOT, Settings, load_settings
+from pipelines.config import Settings, load_settings
 from pipelines.features.build import build_features
 from pipelines.featurestore import store
 from pipelines.ingest.simulated import ingest_simulated_days
+from pipelines.platform.scoring import SERVICE, BentoProcess
 from pipelines.transform.dbt import mart_file
-from tests.conftest import free_port
 
 FIRST_DAY = dt.date(2018, 4, 1)
 N_DAYS = 30
@@ -130,60 +128,15 @@ def world(tmp_path_factory):
         }
 
 
-class Server:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = os.path.join(env["FRAUD_HOME"], f"bentoml-{self.port}.log")
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 (lives as long as the server)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bentoml",
-                "serve",
-                "serving.service:FraudScoringService",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.tail()
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        log = self.tail()
-        self.stop()  # no fixture teardown runs for a failed setup: leave no server behind
-        raise AssertionError("service not ready: " + log)
-
-    def tail(self) -> str:
-        with open(self.log_path, errors="replace") as fh:
-            return fh.read()[-3000:]
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)  # SIGTERM to the serve PID stops its workers
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+def serve(env: dict[str, str]) -> BentoProcess:
+    """The scoring service as a real ``bentoml serve`` process, ready."""
+    return BentoProcess(SERVICE, env, Path(env["FRAUD_HOME"]) / "logs")
 
 
 @pytest.fixture(scope="module")
 def server(world):
-    srv = Server(world["env"])
-    yield srv
-    srv.stop()
+    with serve(world["env"]) as srv:
+        yield srv
 
 
 def _tx(mart: pd.DataFrame, i: int = 0, **changes) -> dict:
@@ -353,8 +306,7 @@ def test_champion_hot_swap_and_refusal_of_a_broken_version(server, world):
 
 
 def test_api_key_when_configured(world):
-    srv = Server({**world["env"], "FRAUD_SERVING_API_KEY": "s3cret"})
-    try:
+    with serve({**world["env"], "FRAUD_SERVING_API_KEY": "s3cret"}) as srv:
         body = {"transactions": [_tx(world["mart"])]}
         assert httpx.post(f"{srv.url}/score", json=body).status_code == 401
         wrong = httpx.post(f"{srv.url}/score", json=body, headers={"X-API-Key": "nope"})
@@ -362,8 +314,6 @@ def test_api_key_when_configured(world):
         ok = httpx.post(f"{srv.url}/score", json=body, headers={"X-API-Key": "s3cret"})
         assert ok.status_code == 200, ok.text
         assert httpx.get(f"{srv.url}/readyz").status_code == 200  # probes need no key
-    finally:
-        srv.stop()
 
 
 def test_batch_scoring_writes_a_whole_day_idempotently(world):
