@@ -12,16 +12,29 @@ Trigger with a ``day`` does), the monitor flags it and triggers ``train_model``;
 the service, and the served response carries the new version; monitoring follows the new
 champion. Every step is the real component: scheduler, dag-processor, triggerer, API server,
 dbt, Spark, Feast, Optuna/PyTorch, MLflow, BentoML and whylogs.
+
+The same running Airflow then answers for itself as a user meets it: the catchup and the Asset
+chain that just ran are checked in the metadata; a batch failing dbt's tests stops
+``build_features`` before Spark; login is required; a trigger with a ``day`` param through the
+REST API and through the Trigger dialog in a real browser (headless Debian Chromium driven by
+Playwright, screenshots in ``test-artifacts/airflow-ui/``) ingests that day; a bad param is
+refused; ``down`` leaves no process behind. (One Airflow for all of it: starting one costs a
+minute of the suite on 2 cores.)
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import time
+from pathlib import Path
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 
+from pipelines.config import PROJECT_ROOT
+from pipelines.lake import part_path
 from pipelines.platform.scoring import ScoringService
 from pipelines.training.bootstrap import BOOTSTRAP_RUN_ID
 from tests.conftest import free_port
@@ -30,6 +43,8 @@ from tests.e2e.conftest import failure_report, running_airflow, wait_for_run
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 TODAY = dt.date.today()
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "airflow-ui"
 # 3 train + 2 delay + 3 test days, the model-selection split before them, and the label delay.
 HISTORY_DAYS = 16
 ENV = {
@@ -65,6 +80,35 @@ def system(tmp_path_factory):
                 yield airflow, scoring, api
         finally:
             scoring.down()
+
+
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="Debian's chromium is not installed (`make browser` installs it)",
+)
+
+
+@pytest.fixture(scope="module")
+def page():
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(30_000)
+        yield page
+        browser.close()
 
 
 def _wait_for(describe: str, probe, timeout: float, interval: float = 5.0):
@@ -198,3 +242,185 @@ def test_drift_retrains_and_the_service_moves_to_the_new_champion(system):
     assert score["model_version"] == after
     champion = load_champion(settings)
     assert champion is not None and champion.version == after  # monitoring's new reference
+
+
+# --- the same Airflow, as a user meets it ------------------------------------------------------
+
+
+def test_the_scheduler_backfilled_the_history_window_by_itself(system):
+    airflow, _, api = system
+    runs = api.get(
+        "/dags/ingest_transactions/dagRuns", params={"run_type": "scheduled", "limit": 100}
+    ).json()["dag_runs"]
+    days = {dt.datetime.fromisoformat(r["data_interval_start"]).date() for r in runs}
+    history = {TODAY - dt.timedelta(days=back) for back in range(1, HISTORY_DAYS + 1)}
+    assert history <= days, sorted(history - days)
+    assert all(r["state"] == "success" for r in runs if r["state"] != "running"), runs
+    for day in history:
+        path = part_path(airflow.settings.raw_transactions_dir, day, "simulated")
+        assert pq.read_table(path).num_rows > 0
+
+
+def test_features_were_built_by_asset_events_alone(system):
+    """Nobody triggered build_features: the raw-lake Asset events of the ingest runs did."""
+    airflow, _, api = system
+    runs = _runs_after(api, "build_features", None)
+    assert runs and all(r["run_type"] == "asset_triggered" for r in runs), runs
+    events = api.get("/assets/events", params={"source_dag_id": "build_features"}).json()
+    assert events["total_entries"] >= 1  # the features Asset was emitted
+    features = airflow.settings.features_dir
+    for table in ("customer_features", "terminal_features", "customer_terminal_features"):
+        assert pq.read_table(features / table).num_rows > 0
+    assert (airflow.settings.feast_dir / "online.db").exists()
+
+
+def _wait_until_idle(api: httpx.Client, dag_id: str, timeout: float = 600) -> None:
+    def idle() -> bool:
+        runs = api.get(f"/dags/{dag_id}/dagRuns", params={"state": ["queued", "running"]})
+        return runs.json()["total_entries"] == 0
+
+    _wait_for(f"no {dag_id} run in progress", idle, timeout, interval=3)
+
+
+def test_a_bad_batch_stops_build_features_before_spark(system):
+    """A batch that fails dbt's tests fails the run at dbt_build; Spark never sees it."""
+    import pyarrow as pa
+
+    from pipelines.ingest import schema
+    from pipelines.lake import write_parquet_atomic
+
+    airflow, _, api = system
+    settings = airflow.settings
+    _wait_until_idle(api, "build_features")  # no build in flight may touch the tables meanwhile
+    customer_table = settings.features_dir / "customer_features"
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in customer_table.rglob("*.parquet"))
+    day = dt.date.today()
+    bad = pa.Table.from_pylist(
+        [
+            {
+                "transaction_id": 10**15,
+                "tx_datetime": dt.datetime.combine(day, dt.time(12), dt.UTC),
+                "customer_id": 1,
+                "terminal_id": 1,
+                "tx_amount": -50.0,
+            }
+        ],
+        schema=schema.TRANSACTIONS,
+    )
+    bad_file = part_path(settings.raw_transactions_dir, day, "bad-batch")
+    write_parquet_atomic(bad, bad_file)
+    try:
+        created = api.post("/dags/build_features/dagRuns", json={"logical_date": None})
+        assert created.status_code == 200, created.text
+        run = wait_for_run(api, "build_features", created.json()["dag_run_id"])
+        assert run["state"] == "failed"
+        tis = api.get(f"/dags/build_features/dagRuns/{run['dag_run_id']}/taskInstances").json()[
+            "task_instances"
+        ]
+        states = {ti["task_id"]: ti["state"] for ti in tis}
+        assert states["dbt_build"] == "failed"
+        assert states["spark_features"] == "upstream_failed"
+        assert states["materialize_online"] == "upstream_failed"
+        after = sorted((p.name, p.stat().st_mtime_ns) for p in customer_table.rglob("*.parquet"))
+        assert after == before  # nothing downstream changed
+    finally:
+        bad_file.unlink()
+
+
+def test_login_is_required(system):
+    airflow, _, _ = system
+    anonymous = httpx.get(f"{airflow.base_url}/api/v2/dags", timeout=10)
+    assert anonymous.status_code in (401, 403)
+    bad = httpx.post(
+        f"{airflow.base_url}/auth/token",
+        json={"username": airflow.login().username, "password": "wrong"},
+        timeout=10,
+    )
+    assert bad.status_code in (401, 403)
+
+
+def test_trigger_with_a_day_param_as_the_ui_does(system):
+    airflow, _, api = system
+    day = TODAY.isoformat()  # not a scheduled interval yet
+    assert api.patch("/dags/ingest_transactions", json={"is_paused": False}).status_code == 200
+    created = api.post(
+        "/dags/ingest_transactions/dagRuns",
+        json={"logical_date": None, "conf": {"day": day}},
+    )
+    assert created.status_code == 200, created.text
+    run = wait_for_run(api, "ingest_transactions", created.json()["dag_run_id"])
+    assert run["state"] == "success"
+    path = part_path(airflow.settings.raw_transactions_dir, dt.date.fromisoformat(day), "simulated")
+    table = pq.read_table(path)
+    assert table.num_rows > 0
+    assert {d.date().isoformat() for d in table.column("tx_datetime").to_pylist()} == {day}
+    # The task's return value is what the UI shows as its XCom.
+    xcom = api.get(
+        f"/dags/ingest_transactions/dagRuns/{run['dag_run_id']}/taskInstances/ingest_day"
+        "/xcomEntries/return_value"
+    ).json()
+    assert xcom["value"]["transactions"] == table.num_rows
+
+
+def test_invalid_param_is_refused_before_anything_runs(system):
+    _, _, api = system
+    refused = api.post(
+        "/dags/ingest_transactions/dagRuns",
+        json={"logical_date": None, "conf": {"day": "not-a-date"}},
+    )
+    assert refused.status_code == 400, refused.text
+
+
+@needs_chromium
+def test_in_a_browser_login_trigger_with_params_and_watch_the_run_succeed(system, page):
+    airflow, _, api = system
+    runs = api.get("/dags/ingest_transactions/dagRuns").json()["dag_runs"]
+    before = {r["dag_run_id"] for r in runs}  # the REST trigger above ran the same day
+    login = airflow.login()
+    page.goto(f"{airflow.base_url}/")
+    page.fill("input[name=username]", login.username)
+    page.fill("input[name=password]", login.password)
+    page.screenshot(path=ARTIFACTS / "01-login.png")
+    page.keyboard.press("Enter")
+    page.wait_for_url(lambda url: "login" not in url)
+
+    page.goto(f"{airflow.base_url}/dags/ingest_transactions")
+    page.get_by_test_id("trigger-dag-button").click()
+    # The DAG's params render as a form under "Run Parameters" (a date picker for "day").
+    day_field = page.locator("#element_day")
+    if not day_field.is_visible():
+        page.get_by_text("Run Parameters").click()
+    day = TODAY.isoformat()
+    day_field.fill(day)
+    page.screenshot(path=ARTIFACTS / "02-trigger-dialog.png")
+    page.get_by_test_id("trigger-dag-submit").click()
+
+    deadline = time.monotonic() + 240
+    manual: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = api.get("/dags/ingest_transactions/dagRuns").json()["dag_runs"]
+        manual = [r for r in runs if r["run_type"] == "manual" and r["dag_run_id"] not in before]
+        if manual and manual[-1]["state"] in ("success", "failed"):
+            break
+        time.sleep(2)
+    assert manual, "the Trigger dialog created no run"
+    run = manual[-1]
+    assert run["conf"] == {"day": day}
+    assert run["state"] == "success"
+    path = part_path(airflow.settings.raw_transactions_dir, dt.date.fromisoformat(day), "simulated")
+    assert path.exists()
+
+    page.goto(f"{airflow.base_url}/dags/ingest_transactions/runs/{run['dag_run_id']}")
+    page.get_by_text("success").first.wait_for()
+    page.screenshot(path=ARTIFACTS / "03-run-succeeded.png")
+
+
+def test_down_stops_every_process_it_started(system):
+    airflow, _, _ = system
+    pids = [p.pid() for p in airflow.processes()]
+    assert all(pids)
+    stopped = airflow.down()
+    assert len(stopped) == 4
+    import psutil
+
+    assert not any(psutil.pid_exists(pid) for pid in pids)

@@ -86,14 +86,11 @@ class MonitoringAirflow(AirflowServices):
 
 
 def _prepare_lake(settings) -> None:
-    from pipelines.ingest.simulated import ingest_simulated_day
-    from pipelines.simulate import SimulationConfig, TransactionSimulator
+    from pipelines.ingest.simulated import ingest_simulated_days
     from pipelines.transform.dbt import run_dbt_build
 
-    simulator = TransactionSimulator(SimulationConfig.from_settings(settings))
     start = settings.history_start_date
-    for i in range(HISTORY_DAYS):
-        ingest_simulated_day(start + dt.timedelta(days=i), settings, simulator)
+    ingest_simulated_days(start, start + dt.timedelta(days=HISTORY_DAYS - 1), settings)
     run_dbt_build(settings)
 
 
