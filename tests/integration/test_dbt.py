@@ -20,7 +20,7 @@ import pytest
 
 from pipelines.config import Settings, load_settings
 from pipelines.ingest import schema
-from pipelines.ingest.simulated import ingest_simulated_day
+from pipelines.ingest.simulated import ingest_simulated_day, ingest_simulated_days
 from pipelines.lake import part_path, write_parquet_atomic
 from pipelines.transform.dbt import DbtBuildError, mart_file, marts_path, run_dbt_build
 
@@ -60,8 +60,7 @@ def _settings_for(home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def _ingest(settings: Settings, days: int) -> None:
-    for i in range(days):
-        ingest_simulated_day(FIRST_DAY + dt.timedelta(days=i), settings)
+    ingest_simulated_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=days - 1), settings)
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import Settings, load_settings
+from pipelines.features.build import build_features
 from pipelines.featurestore import store
-from pipelines.ingest.simulated import ingest_simulated_day
-from pipelines.transform.dbt import mart_file, run_dbt_build
+from pipelines.ingest.simulated import ingest_simulated_days
+from pipelines.transform.dbt import mart_file
 
 FIRST_DAY = dt.date(2018, 4, 1)
 N_DAYS = 45
@@ -29,8 +30,6 @@ WINDOWS = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Settings:
     """A 45-day lake built through dbt, Spark and feast apply (once for the module)."""
-    from pipelines.features.runner import run_feature_job
-
     home = tmp_path_factory.mktemp("feast")
     with pytest.MonkeyPatch.context() as mp:
         for key, value in {
@@ -42,11 +41,8 @@ def built(tmp_path_factory) -> Settings:
         }.items():
             mp.setenv(key, value)
         settings = load_settings()
-        for i in range(N_DAYS):
-            ingest_simulated_day(FIRST_DAY + dt.timedelta(days=i), settings)
-        run_dbt_build(settings)
-        run_feature_job(settings)
-        store.apply(settings)
+        ingest_simulated_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=N_DAYS - 1), settings)
+        build_features(settings, materialize=False)  # the online tests materialize themselves
         yield settings
 
 

@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import Settings
-from pipelines.ingest.simulated import ingest_simulated_day
+from pipelines.ingest.simulated import ingest_simulated_days
 from pipelines.monitoring import retrain
 from pipelines.monitoring.metrics_table import read_metrics
 from pipelines.monitoring.monitor import run_monitor
 from pipelines.monitoring.profiles import days_between, profiles_dir
-from pipelines.simulate import SimulationConfig, TransactionSimulator
 from pipelines.transform.dbt import run_dbt_build
 
 FIRST_DAY = dt.date(2018, 4, 1)
@@ -53,16 +52,10 @@ def _settings(home: Path, **drift: dt.date) -> Settings:
     )
 
 
-def _ingest(settings: Settings, days: list[dt.date]) -> None:
-    simulator = TransactionSimulator(SimulationConfig.from_settings(settings))
-    for day in days:
-        ingest_simulated_day(day, settings, simulator)
-
-
 @pytest.fixture(scope="module")
 def quiet_world(tmp_path_factory) -> Settings:
     settings = _settings(tmp_path_factory.mktemp("monitor-quiet"))
-    _ingest(settings, days_between(FIRST_DAY, QUIET_DAYS[-1]))
+    ingest_simulated_days(FIRST_DAY, QUIET_DAYS[-1], settings)
     run_dbt_build(settings)
     return settings
 
@@ -85,7 +78,7 @@ def _drifted_world(quiet: Settings, home: Path, scenario: str) -> Settings:
             profiles_dir(settings, "transactions"),
             ignore=lambda d, names: [n for n in names if n >= f"date={SWITCH}"],
         )
-    _ingest(settings, [SWITCH, SWITCH + dt.timedelta(days=1)])
+    ingest_simulated_days(SWITCH, SWITCH + dt.timedelta(days=1), settings)
     run_dbt_build(settings)
     return settings
 
