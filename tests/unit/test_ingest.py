@@ -9,7 +9,7 @@ import textwrap
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.ingest.simulated import ingest_simulated_day
+from pipelines.ingest.simulated import ingest_simulated_day, ingest_simulated_days
 from pipelines.lake import partition_dir, table_status
 
 DAY = dt.date(2018, 4, 20)
@@ -56,12 +56,29 @@ def test_a_day_before_the_simulation_calendar_is_refused(settings):
         ingest_simulated_day(dt.date(2018, 3, 31), settings)
 
 
+def test_a_range_lands_day_by_day_and_equals_single_day_ingests(make_settings, tmp_path):
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    seen = []
+    results = ingest_simulated_days(days[0], days[-1], make_settings(), on_day=seen.append)
+    assert [r.day for r in results] == days and seen == results
+    # The shared simulator gives exactly what three separate daily runs give.
+    single = ingest_simulated_day(days[1], make_settings(home=tmp_path / "single"))
+    assert pq.read_table(results[1].transactions_path).equals(
+        pq.read_table(single.transactions_path)
+    )
+
+
+def test_a_backwards_range_is_refused(settings):
+    with pytest.raises(ValueError, match="before start"):
+        ingest_simulated_days(DAY, DAY - dt.timedelta(days=1), settings)
+
+
 _KILLER = textwrap.dedent(
     """
     import datetime as dt, os, signal
     import pyarrow.parquet as pq
     from pipelines.config import load_settings
-    from pipelines.ingest.simulated import ingest_simulated_day
+    from pipelines.ingest.simulated import ingest_simulated_day, ingest_simulated_days
 
     real_write = pq.write_table
 
