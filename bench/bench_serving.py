@@ -93,8 +93,8 @@ def register_champion(settings: Any, frame: Any, inputs: list[str]) -> str:
             members.append(ScoringMember(pre, trained.network))
     scorer = FraudScorer(inputs, members, threshold=0.5).eval()
     example = frame[inputs].head(5).astype("float64")
-    tracking.use_tracking(settings)
-    with mlflow.start_run() as run:
+    # The project's experiment: artifacts under the home, not ./mlruns of the working directory.
+    with mlflow.start_run(experiment_id=tracking.experiment_id(settings)) as run:
         info = mlflow.pytorch.log_model(
             scorer,
             name="model",

@@ -59,12 +59,13 @@ def _register(settings: Settings, frame: pd.DataFrame, inputs: list[str], scale:
             z = torch.nan_to_num((inputs - self.mean) / self.std)
             return torch.sigmoid(self.net(z) * self.scale)
 
-    # Both process-wide URIs: an earlier test may have pointed the registry elsewhere, and a
-    # plain MlflowClient() / log_model follow the globals.
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    with mlflow.start_run():
+    from pipelines.training import tracking
+
+    # tracking.client sets both process-wide URIs (an earlier test may have pointed them
+    # elsewhere; log_model follows the globals); the project's experiment keeps the artifacts
+    # under the home, not in ./mlruns of the working directory.
+    client = tracking.client(settings)
+    with mlflow.start_run(experiment_id=tracking.experiment_id(settings)):
         info = mlflow.pytorch.log_model(
             Scorer(),
             name="model",
