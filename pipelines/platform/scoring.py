@@ -94,9 +94,11 @@ class BentoProcess:
     def _wait_ready(self, timeout: float, fatal: str | None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None or (fatal is not None and fatal in self.tail()):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.target} exited:\n{self.tail()}")
+            if fatal is not None and fatal in self.tail():
                 self.stop()
-                raise RuntimeError(f"{self.target} exited or logged {fatal!r}:\n{self.tail()}")
+                raise RuntimeError(f"{self.target} logged {fatal!r}:\n{self.tail()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return

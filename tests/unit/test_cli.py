@@ -24,7 +24,7 @@ def test_help_lists_every_stage():
         assert command in out.stdout
 
 
-def test_ingest_a_range_then_show_the_lake(settings):
+def test_ingest_a_range_show_the_lake_and_build_the_features(settings):
     out = _cli("ingest", "range", "--start", "2018-04-01", "--end", "2018-04-09")
     assert out.returncode == 0, out.stderr
     status = _cli("lake", "status")
@@ -33,6 +33,13 @@ def test_ingest_a_range_then_show_the_lake(settings):
     assert f"{rows:,}" in status.stdout
     assert "2018-04-09" in status.stdout  # last transaction day
     assert "2018-04-02" in status.stdout  # last label day (delay 7)
+
+    # The whole feature path from the same lake: dbt, Spark, feast apply, materialize.
+    built = _cli("features", "build")
+    assert built.returncode == 0, built.stderr
+    assert f"features: {rows:,} transactions" in built.stdout
+    assert "online store loaded up to 2018-04-09" in built.stdout
+    assert (settings.feast_dir / "online.db").exists()
 
 
 def test_simulate_writes_one_file_with_labels(settings, tmp_path):
