@@ -54,13 +54,13 @@ For n = 1, 7, 30 the window is (t - (n + D) days, t - D days] on the transaction
 
 Why the risk's denominator is the *labelled* transactions only: strict point-in-time means a
 fraud counts only if its label had arrived by t, and a transaction whose label is still pending
-is not known to be genuine either. With the handbook's delay (labels of day d arrive at the
-midnight ending day d + D) the newest part of every delayed window still waits for its labels
-(for the 1-day window, the share of the window that is labelled falls from 100 % at 00:00 to
-~0 % at 23:59). Dividing by all transactions would count every pending label as "genuine" and
-drag the risk down by a time-of-day dependent amount; dividing by the labelled ones keeps the
-risk an estimate of the terminal's fraud rate, at the cost of more variance when few labels are
-in (then ``terminal_nb_tx_{n}d`` tells the model how much data sits behind the window).
+is not known to be genuine either. With the simulator's labels (each arrives exactly D days after
+its transaction, the handbook's rule) every label in the window has arrived and this is the
+handbook's risk exactly. Labels that come later than D days (a landing zone's late chargebacks)
+would otherwise be counted as "genuine" and drag the risk down; dividing by the labelled ones
+keeps the risk an estimate of the terminal's fraud rate, at the cost of more variance when few
+labels are in (then ``terminal_nb_tx_{n}d`` tells the model how much data sits behind the
+window).
 
 How the label condition is computed: a window function cannot say "label known at *this* row's
 t", because that is a second condition besides the window range. So the labelled and fraud
@@ -68,7 +68,7 @@ counts come from range windows over all labelled transactions, and the transacti
 was still pending at t (``label_available_at > t``) are subtracted; those are found by an
 equi-join on (terminal, day bucket of t) against each labelled transaction exploded over the
 days during which it sits in some window of a target but its label is pending (one bucket per
-transaction with next-midnight labels), then filtered exactly.
+transaction whose label comes within a day of the delay), then filtered exactly.
 
 Output: ``<features-dir>/customer_features/`` and ``<features-dir>/terminal_features/``
 (Parquet, timestamps as TIMESTAMP_MICROS UTC), overwritten as a pair. Both are written into a

@@ -1,7 +1,9 @@
 """Daily ingest from the simulator: one day's transactions, and the labels that arrive that day.
 
-Labels arrive ``label_delay_days`` after the transactions they describe, as chargebacks do: the
-run for day *d* writes transactions of *d* and labels of *d - delay*. Both writes are atomic
+Labels arrive ``label_delay_days`` after the transactions they describe, as chargebacks do: each
+label's ``label_available_at`` is its transaction's time plus the delay (the handbook's protocol:
+a transaction at t is labelled from t + delay on), so the run for day *d* writes transactions of
+*d* and the labels that arrived during *d*, those of *d - delay*. Both writes are atomic
 overwrites of the partition file this source owns, so any rerun is a no-op in effect.
 """
 
@@ -35,9 +37,10 @@ class DayIngestResult:
     labels_path: Path | None
 
 
-def label_table(frame: pd.DataFrame, available_at: dt.datetime) -> pa.Table:
+def label_table(frame: pd.DataFrame, delay: dt.timedelta) -> pa.Table:
+    """The labels of ``frame``'s transactions, each arriving ``delay`` after its transaction."""
     labels = frame[["transaction_id", "tx_fraud", "tx_fraud_scenario"]].copy()
-    labels["label_available_at"] = pd.Timestamp(available_at)
+    labels["label_available_at"] = frame["tx_datetime"] + delay
     return pa.Table.from_pandas(labels, schema=schema.LABELS, preserve_index=False)
 
 
@@ -63,8 +66,7 @@ def ingest_simulated_day(
     # Labels exist only for days the simulated history covers.
     if labels_day >= settings.sim_start_date:
         labelled = frame if labels_day == day else sim.generate_day(labels_day)
-        arrival = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
-        labels = label_table(labelled, arrival)
+        labels = label_table(labelled, dt.timedelta(days=settings.label_delay_days))
         labels_path = write_parquet_atomic(
             labels, part_path(settings.raw_labels_dir, labels_day, SOURCE)
         )

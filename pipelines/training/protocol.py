@@ -4,11 +4,11 @@ Single split (handbook chapter 3): a training period of ``train_days`` days, a d
 ``delay_days`` days during which the training period's labels arrive, then a test period of
 ``test_days`` days. Days are UTC calendar days; every ``*_end`` is inclusive.
 
-The training cutoff is the instant at which the model may be trained: the labels of the last
-training day arrive at the midnight that ends day ``train_end + delay_days`` (the ingest of day
-d writes the labels of day d - delay with ``label_available_at`` = the midnight ending day d),
-so the cutoff is ``00:00 UTC of train_end + delay_days + 1``, which is also the start of the
-test period. Training labels are used only if ``label_available_at <= cutoff``.
+The training cutoff is the instant at which the model may be trained: every label of the last
+training day has arrived by the midnight that ends day ``train_end + delay_days`` (each label
+arrives ``delay_days`` after its transaction; the ingest of day d writes the labels of day
+d - delay), so the cutoff is ``00:00 UTC of train_end + delay_days + 1``, which is also the start
+of the test period. Training labels are used only if ``label_available_at <= cutoff``.
 
 Model selection uses the same protocol shifted ``test_days + delay_days`` days into the past
 (handbook chapter 5): its assessment period then ends on the last training day, so every label

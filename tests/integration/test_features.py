@@ -4,7 +4,9 @@ key's transactions by the window's definition and count/average them. No window 
 cleverness, so that a disagreement points at the job.
 
 The fixture is a 40-day simulated ``fct_transactions`` shaped like the dbt mart (labels arrive
-at the midnight ending day d + D, the last D days unlabelled) plus a few hand-made rows whose
+D days after their transaction, as the ingest writes them, plus a random extra lag of up to 36 h
+on a third of them, as late chargebacks from a landing zone would; labels not arrived by the end
+of the last day are NULL) plus a few hand-made rows whose
 expected values are written out (late label, same-second peers, exact window bounds).
 """
 
@@ -101,11 +103,15 @@ def _mart_columns(frame: pd.DataFrame) -> pd.DataFrame:
 def simulated_mart() -> pd.DataFrame:
     sim = TransactionSimulator(SimulationConfig(seed=1, n_customers=200, n_terminals=400))
     frame = sim.generate_range(FIRST_DAY, LAST_DAY)
-    # Labels of day d arrive at the midnight ending day d + D; as of the end of LAST_DAY the
-    # labels of the last D days have not arrived (NULL, like the mart's left join).
-    midnight = frame["tx_datetime"].dt.floor("D")
-    frame["label_available_at"] = midnight + pd.Timedelta(days=DELAY + 1)
-    unlabelled = midnight.dt.date > LAST_DAY - dt.timedelta(days=DELAY)
+    # A label arrives D days after its transaction; a third arrive up to 36 h later still, so
+    # that some labels inside a delayed window are pending at t. Labels not arrived by the end
+    # of LAST_DAY are NULL, like the mart's left join.
+    rng = np.random.default_rng(7)
+    late = rng.random(len(frame)) < 1 / 3
+    extra = pd.to_timedelta(np.where(late, rng.integers(0, 36 * 3600, len(frame)), 0), unit="s")
+    frame["label_available_at"] = frame["tx_datetime"] + pd.Timedelta(days=DELAY) + extra
+    end = pd.Timestamp(LAST_DAY + dt.timedelta(days=1), tz="UTC")
+    unlabelled = frame["label_available_at"] >= end
     frame["tx_fraud"] = frame["tx_fraud"].astype("Int32").mask(unlabelled)
     frame["tx_fraud_scenario"] = frame["tx_fraud_scenario"].astype("Int32").mask(unlabelled)
     frame.loc[unlabelled, "label_available_at"] = pd.NaT

@@ -37,11 +37,14 @@ def test_labels_arrive_after_the_configured_delay(make_settings):
     result = ingest_simulated_day(DAY, settings)
     assert result.labels_day == DAY - dt.timedelta(days=5)
     labels = pq.read_table(result.labels_path).to_pandas()
-    assert (labels.label_available_at == dt.datetime(2018, 4, 21, tzinfo=dt.UTC)).all()
-    # The labels describe exactly the transactions of their day.
+    # The labels describe exactly the transactions of their day, each arriving 5 days after
+    # its transaction: all of them during the ingested day.
     labelled_day = ingest_simulated_day(result.labels_day, settings)
-    tx_ids = pq.read_table(labelled_day.transactions_path).column("transaction_id").to_pylist()
-    assert sorted(labels.transaction_id) == sorted(tx_ids)
+    tx = pq.read_table(labelled_day.transactions_path).to_pandas()
+    joined = labels.merge(tx, on="transaction_id", validate="one_to_one")
+    assert len(joined) == len(labels) == len(tx) > 0
+    assert (joined.label_available_at == joined.tx_datetime + dt.timedelta(days=5)).all()
+    assert (joined.label_available_at.dt.date == DAY).all()
     # Nobody has labels of the day just ingested yet.
     assert not partition_dir(settings.raw_labels_dir, DAY).exists()
 

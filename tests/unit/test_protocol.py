@@ -22,7 +22,7 @@ HANDBOOK = SplitWindows.ending(D(2018, 8, 14), train_days=7, delay_days=7, test_
 def test_handbook_single_split_windows():
     assert (HANDBOOK.train_start, HANDBOOK.train_end) == (D(2018, 7, 25), D(2018, 7, 31))
     assert (HANDBOOK.test_start, HANDBOOK.test_end) == (D(2018, 8, 8), D(2018, 8, 14))
-    # Labels of 07-31 arrive at the midnight ending 08-07: the start of the test period.
+    # Labels of 07-31 have all arrived by the midnight ending 08-07: the start of the test period.
     assert HANDBOOK.training_cutoff == dt.datetime(2018, 8, 8, tzinfo=dt.UTC)
     assert SplitWindows.starting(D(2018, 7, 25), train_days=7, delay_days=7, test_days=7) == (
         HANDBOOK
@@ -75,7 +75,8 @@ def _at(day: dt.date, hour: int = 12) -> dt.datetime:
 
 
 def _arrival(day: dt.date) -> dt.datetime:
-    """Labels of ``day`` arrive at the midnight ending day + 7 (the ingest's rule)."""
+    """The last instant a label of ``day`` arrives by the ingest's rule (transaction time + 7
+    days): the midnight ending day + 7."""
     return dt.datetime.combine(day + dt.timedelta(days=8), dt.time(), dt.UTC)
 
 
