@@ -38,6 +38,8 @@ terminal_state = FeatureView(
     schema=[
         *(Field(name=f"terminal_nb_tx_{n}d", dtype=Int64) for n in WINDOWS),
         *(Field(name=f"terminal_risk_{n}d", dtype=Float64) for n in WINDOWS),
+        Field(name="terminal_last_label_fraud", dtype=Float64),
+        Field(name="terminal_last3_labels_fraud_share", dtype=Float64),
     ],
     source=terminal_state_source,
     online=True,

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 TERMINAL_DEFAULTS = {
     **{f"terminal_nb_tx_{n}d": 0.0 for n in (1, 7, 30)},
     **{f"terminal_risk_{n}d": 0.0 for n in (1, 7, 30)},
+    "terminal_last_label_fraud": 0.0,
+    "terminal_last3_labels_fraud_share": 0.0,
 }
 # A terminal is unknown when the online store has no row for it: its 30-day count is null.
 TERMINAL_PRESENCE = "terminal_nb_tx_30d"

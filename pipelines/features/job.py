@@ -51,6 +51,13 @@ For n = 1, 7, 30 the window is (t - (n + D) days, t - D days] on the transaction
   count needs no label).
 * ``terminal_risk_{n}d``: (frauds in the window whose label is known at t) / (transactions in
   the window whose label is known at t); 0.0 when no label in the window is known.
+* ``terminal_last_label_fraud`` and ``terminal_last3_labels_fraud_share``: of the terminal's
+  labels known at t, ordered by arrival (``label_available_at``, then ``transaction_id``), whether
+  the latest is a fraud, and the share of frauds among the latest three (fewer if fewer have
+  arrived); 0 when none has. A compromised terminal turns every payment into a fraud, so its
+  newest labels are all frauds as soon as the first arrives, while a terminal where one card
+  happened to be defrauded shows one fraud among genuine labels: a rate over a window mixes
+  the two, the newest labels do not. No window bound: a terminal is paid about daily.
 
 Why the risk's denominator is the *labelled* transactions only: strict point-in-time means a
 fraud counts only if its label had arrived by t, and a transaction whose label is still pending
@@ -130,8 +137,11 @@ CUSTOMER_FEATURES = [
     "customer_last_tx_unix",
 ]
 TERMINAL_FEATURES = [
-    f for n in WINDOW_DAYS for f in (f"terminal_nb_tx_{n}d", f"terminal_risk_{n}d")
+    *[f for n in WINDOW_DAYS for f in (f"terminal_nb_tx_{n}d", f"terminal_risk_{n}d")],
+    "terminal_last_label_fraud",
+    "terminal_last3_labels_fraud_share",
 ]
+LAST_LABELS = 3
 
 
 class InputError(Exception):
@@ -353,6 +363,60 @@ def _pending_label_counts(tx: DataFrame, delay_days: int) -> DataFrame:
     return pairs.groupBy("transaction_id").agg(*sums)
 
 
+def _latest_known_labels(tx: DataFrame) -> DataFrame:
+    """Per transaction: the terminal's newest labels known at its t (see the module docstring).
+
+    An as-of join done with one window: label arrivals and transactions of a terminal in one
+    stream ordered by time (an arrival before a transaction at the same microsecond: known at
+    t means ``label_available_at <= t``), each transaction taking the last arrival's values.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    arrivals = tx.where(F.col("label_available_at").isNotNull() & F.col("tx_fraud").isNotNull())
+    by_arrival = Window.partitionBy("terminal_id").orderBy(
+        F.unix_micros("label_available_at"), "transaction_id"
+    )
+    arrivals = arrivals.select(
+        "terminal_id",
+        F.unix_micros("label_available_at").alias("at_micros"),
+        F.lit(0).alias("order_at_same_time"),
+        F.lit(None).cast("bigint").alias("transaction_id"),
+        F.col("tx_fraud").cast("double").alias("last_fraud"),
+        F.avg(F.col("tx_fraud").cast("double"))
+        .over(by_arrival.rowsBetween(-(LAST_LABELS - 1), Window.currentRow))
+        .alias("last3_share"),
+    )
+    targets = tx.select(
+        "terminal_id",
+        F.unix_micros("tx_datetime").alias("at_micros"),
+        F.lit(1).alias("order_at_same_time"),
+        "transaction_id",
+        F.lit(None).cast("double").alias("last_fraud"),
+        F.lit(None).cast("double").alias("last3_share"),
+    )
+    so_far = (
+        Window.partitionBy("terminal_id")
+        .orderBy("at_micros", "order_at_same_time")
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    stream = arrivals.unionByName(targets)
+    return (
+        stream.select(
+            "transaction_id",
+            "order_at_same_time",
+            F.coalesce(F.last("last_fraud", ignorenulls=True).over(so_far), F.lit(0.0)).alias(
+                "terminal_last_label_fraud"
+            ),
+            F.coalesce(F.last("last3_share", ignorenulls=True).over(so_far), F.lit(0.0)).alias(
+                "terminal_last3_labels_fraud_share"
+            ),
+        )
+        .where(F.col("order_at_same_time") == 1)
+        .drop("order_at_same_time")
+    )
+
+
 def build_terminal_features(tx: DataFrame, delay_days: int) -> DataFrame:
     """One row per transaction: the terminal's delayed activity and known fraud rate."""
     from pyspark.sql import Window
@@ -381,7 +445,9 @@ def build_terminal_features(tx: DataFrame, delay_days: int) -> DataFrame:
         )
 
     pending = _pending_label_counts(tx, delay_days)
-    joined = windowed.join(pending, "transaction_id", "left")
+    joined = windowed.join(pending, "transaction_id", "left").join(
+        _latest_known_labels(tx), "transaction_id", "left"
+    )
     risks = {}
     for n in WINDOW_DAYS:
         known_labelled = F.col(f"labelled_{n}d") - F.coalesce(

@@ -84,6 +84,8 @@ TERMINAL_SCHEMA = pa.schema(
         ("terminal_risk_7d", pa.float64()),
         ("terminal_nb_tx_30d", pa.int64()),
         ("terminal_risk_30d", pa.float64()),
+        ("terminal_last_label_fraud", pa.float64()),
+        ("terminal_last3_labels_fraud_share", pa.float64()),
     ]
 )
 
@@ -231,6 +233,15 @@ def oracle_terminal_features(mart: pd.DataFrame, delay: int) -> pd.DataFrame:
                 frauds = int(fraud[labelled].sum())
                 record[f"terminal_nb_tx_{n}d"] = int(inside.sum())
                 record[f"terminal_risk_{n}d"] = frauds / labelled.sum() if labelled.any() else 0.0
+            # The newest labels known at t, by arrival then transaction id.
+            known = sorted(
+                zip(label_micros[known_at_t], ids[known_at_t], fraud[known_at_t], strict=True)
+            )
+            newest = [f for _, _, f in known[-3:]]
+            record["terminal_last_label_fraud"] = float(newest[-1]) if newest else 0.0
+            record["terminal_last3_labels_fraud_share"] = (
+                sum(newest) / len(newest) if newest else 0.0
+            )
             records.append(record)
     return pd.DataFrame(records)
 
@@ -307,6 +318,10 @@ def test_every_terminal_feature_matches_the_oracle(job_run) -> None:
     # The fixture must exercise the risk, including partly-labelled windows.
     assert (expected["terminal_risk_7d"] > 0).sum() > 1000
     assert ((expected["terminal_risk_1d"] > 0) & (expected["terminal_risk_1d"] < 1)).any()
+    # ... and the newest labels: a fraud last, and every share of three.
+    assert (expected["terminal_last_label_fraud"] == 1).sum() > 100
+    shares = set(expected["terminal_last3_labels_fraud_share"].round(3))
+    assert {0.0, 0.333, 0.667, 1.0} <= shares
 
 
 def test_terminal_features_with_another_label_delay(job_run, tmp_path, monkeypatch) -> None:
