@@ -118,6 +118,19 @@ def _oracle(mart: pd.DataFrame, row: pd.Series) -> dict | None:
         ]
         out[f"terminal_nb_tx_{name}"] = len(window)
         out[f"terminal_risk_{name}"] = known.tx_fraud.sum() / len(known) if len(known) else 0.0
+    if tt is None:
+        out["terminal_last_label_fraud"] = np.nan
+        out["terminal_last3_labels_fraud_share"] = np.nan
+    else:  # the newest labels that had arrived at the state's time, by arrival then id
+        state_time = pd.Timestamp(tt, unit="s", tz="UTC")
+        arrived = term[
+            term.label_available_at.notna()
+            & term.tx_fraud.notna()
+            & (term.label_available_at <= state_time)
+        ].sort_values(["label_available_at", "transaction_id"])
+        newest = arrived.tx_fraud.astype(float).to_numpy()[-3:]
+        out["terminal_last_label_fraud"] = float(newest[-1]) if newest.size else 0.0
+        out["terminal_last3_labels_fraud_share"] = float(newest.mean()) if newest.size else 0.0
     return out
 
 
@@ -125,7 +138,10 @@ def test_sampled_rows_equal_the_brute_force_oracle(mart, retrieved):
     rows = retrieved.merge(mart[["transaction_id", "tx_datetime"]], on="transaction_id")
     # Late transactions have long histories: sample from the last two weeks mostly.
     sample = rows.sample(n=150, random_state=0)
-    checked = 0
+    # Rows whose terminal shows a fraud among its newest labels are rare: add some on purpose.
+    flagged = rows[rows.terminal_last3_labels_fraud_share > 0]
+    sample = pd.concat([sample, flagged.sample(n=min(30, len(flagged)), random_state=0)])
+    checked = newest_label_frauds = 0
     for _, row in sample.iterrows():
         expected = _oracle(mart, row)
         if expected is None:
@@ -142,7 +158,8 @@ def test_sampled_rows_equal_the_brute_force_oracle(mart, retrieved):
                     value,
                 )
         checked += 1
-    assert checked > 100
+        newest_label_frauds += expected["terminal_last3_labels_fraud_share"] > 0
+    assert checked > 100 and newest_label_frauds >= 10
 
 
 def test_no_fraud_label_leaks_before_it_arrives(built, mart, retrieved):
