@@ -1,4 +1,5 @@
-"""Feature views over the Spark tables: entity state after each transaction.
+"""Feature views over the Spark tables: entity state after each transaction (and, for the
+terminal's labels, after each label arrival).
 
 Training joins them as of just *before* each transaction (its timestamp minus 1 µs) and serving
 reads the latest online row: both see the state after the previous transaction, and the
@@ -10,7 +11,12 @@ from datetime import timedelta
 from entities import customer, terminal
 from feast import FeatureView, Field
 from feast.types import Float64, Int64
-from sources import customer_state_push, customer_terminal_source, terminal_state_source
+from sources import (
+    customer_state_push,
+    customer_terminal_source,
+    terminal_labels_source,
+    terminal_state_source,
+)
 
 WINDOWS = (1, 7, 30)
 
@@ -38,12 +44,25 @@ terminal_state = FeatureView(
     schema=[
         *(Field(name=f"terminal_nb_tx_{n}d", dtype=Int64) for n in WINDOWS),
         *(Field(name=f"terminal_risk_{n}d", dtype=Float64) for n in WINDOWS),
-        Field(name="terminal_last_label_fraud", dtype=Float64),
-        Field(name="terminal_last3_labels_fraud_share", dtype=Float64),
     ],
     source=terminal_state_source,
     online=True,
     description="Terminal volume and fraud risk over windows delayed by the label delay.",
+)
+
+terminal_labels = FeatureView(
+    name="terminal_labels",
+    entities=[terminal],
+    # Labels arrive about daily at an active terminal; a month without one says nothing.
+    ttl=timedelta(days=38),
+    schema=[
+        Field(name="terminal_last_label_fraud", dtype=Float64),
+        Field(name="terminal_last3_labels_fraud_share", dtype=Float64),
+        Field(name="terminal_fraud_streak_start_unix", dtype=Int64),
+    ],
+    source=terminal_labels_source,
+    online=True,
+    description="The terminal's newest known labels, as of the latest label arrival.",
 )
 
 customer_terminal_history = FeatureView(

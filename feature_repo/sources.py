@@ -24,6 +24,14 @@ terminal_state_source = FileSource(
     description="Terminal counts and delayed fraud risk after each transaction (Spark job).",
 )
 
+terminal_labels_source = FileSource(
+    name="terminal_labels_source",
+    path=str(_features_dir / "terminal_label_features"),
+    file_format=ParquetFormat(),
+    timestamp_field="event_timestamp",
+    description="The terminal's newest known labels after each label arrival (Spark job).",
+)
+
 customer_terminal_source = FileSource(
     name="customer_terminal_source",
     path=str(_features_dir / "customer_terminal_features"),

@@ -9,7 +9,7 @@ from typing import Any
 from feast import Field
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64
-from feature_views import customer_state, customer_terminal_history
+from feature_views import customer_state, customer_terminal_history, terminal_labels
 from sources import transaction_request
 
 
@@ -86,3 +86,21 @@ def transaction_features(inputs: dict[str, Any]) -> dict[str, Any]:
             int(pair_last is None or now - int(pair_last) >= 30 * day)
         )
     return out
+
+
+@on_demand_feature_view(
+    sources=[terminal_labels, transaction_request],
+    schema=[Field(name="terminal_fraud_streak_days", dtype=Float64)],
+    mode="python",
+    description="Days since the terminal's current run of known fraud labels began (0: none).",
+)
+def terminal_fraud_streak(inputs: dict[str, Any]) -> dict[str, Any]:
+    # A compromise has a lifetime: the streak's age at the scored transaction tells a live one
+    # from one whose last frauds are still coming in through the label delay.
+    days = []
+    for now, start in zip(
+        inputs["tx_unix_seconds"], inputs["terminal_fraud_streak_start_unix"], strict=True
+    ):
+        known = start is not None and start == start  # None online, NaN offline: no streak
+        days.append(max(int(now) - int(start), 0) / 86_400 if known else 0.0)
+    return {"terminal_fraud_streak_days": days}

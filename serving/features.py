@@ -33,6 +33,7 @@ TERMINAL_DEFAULTS = {
     **{f"terminal_risk_{n}d": 0.0 for n in (1, 7, 30)},
     "terminal_last_label_fraud": 0.0,
     "terminal_last3_labels_fraud_share": 0.0,
+    "terminal_fraud_streak_days": 0.0,  # the on-demand view's own value without a streak
 }
 # A terminal is unknown when the online store has no row for it: its 30-day count is null.
 TERMINAL_PRESENCE = "terminal_nb_tx_30d"

@@ -51,13 +51,28 @@ For n = 1, 7, 30 the window is (t - (n + D) days, t - D days] on the transaction
   count needs no label).
 * ``terminal_risk_{n}d``: (frauds in the window whose label is known at t) / (transactions in
   the window whose label is known at t); 0.0 when no label in the window is known.
-* ``terminal_last_label_fraud`` and ``terminal_last3_labels_fraud_share``: of the terminal's
-  labels known at t, ordered by arrival (``label_available_at``, then ``transaction_id``), whether
-  the latest is a fraud, and the share of frauds among the latest three (fewer if fewer have
-  arrived); 0 when none has. A compromised terminal turns every payment into a fraud, so its
-  newest labels are all frauds as soon as the first arrives, while a terminal where one card
-  happened to be defrauded shows one fraud among genuine labels: a rate over a window mixes
-  the two, the newest labels do not. No window bound: a terminal is paid about daily.
+
+Features (``terminal_label_features/``, one row per terminal and label arrival)
+---------------------------------------------------------------------------------
+A label changes what is known about a terminal when it *arrives*, not when the terminal is
+next paid: these rows are stamped with ``label_available_at``, so a point-in-time join at t sees
+every label known at t (the transaction-stamped rows above would only show the labels that had
+arrived by the terminal's previous payment, a day staler on average). Of the terminal's labels
+known then, ordered by arrival (``label_available_at``, then ``transaction_id``):
+
+* ``terminal_last_label_fraud``: whether the latest is a fraud;
+* ``terminal_last3_labels_fraud_share``: the share of frauds among the latest three (fewer if
+  fewer have arrived);
+* ``terminal_fraud_streak_start_unix``: when the latest is a fraud, the transaction time (unix
+  seconds) of the earliest fraud among the labels that arrived since the latest genuine one,
+  i.e. since when the terminal has been defrauded as far as anyone knows; NULL otherwise. The
+  feature store turns it into the streak's age at the scored transaction.
+
+A compromised terminal turns every payment into a fraud, so its newest labels are all frauds as
+soon as the first arrives, while a terminal where one card happened to be defrauded shows one
+fraud among genuine labels: a rate over a window mixes the two, the newest labels do not. And a
+compromise ends: its fraud labels keep arriving for a label delay after it is over, when the
+streak's age is what tells an old compromise from a live one.
 
 Why the risk's denominator is the *labelled* transactions only: strict point-in-time means a
 fraud counts only if its label had arrived by t, and a transaction whose label is still pending
@@ -77,12 +92,13 @@ equi-join on (terminal, day bucket of t) against each labelled transaction explo
 days during which it sits in some window of a target but its label is pending (one bucket per
 transaction whose label comes within a day of the delay), then filtered exactly.
 
-Output: ``<features-dir>/customer_features/`` and ``<features-dir>/terminal_features/``
-(Parquet, timestamps as TIMESTAMP_MICROS UTC), overwritten as a pair. Both are written into a
-hidden ``<features-dir>/.staging-<run>/`` folder and renamed into place only after both writes
+Output: ``<features-dir>/customer_features/``, ``terminal_features/``,
+``terminal_label_features/`` and ``customer_terminal_features/`` (Parquet, timestamps as
+TIMESTAMP_MICROS UTC), overwritten as a set. All are written into a hidden
+``<features-dir>/.staging-<run>/`` folder and renamed into place only after every write
 succeeded, so a failed run leaves the previous tables (or none) visible, never half-written
 ones. The swap itself is two renames per table, not one atomic step: a reader can find a table
-missing for that instant, and a crash between the two tables' swaps would leave a new customer
+missing for that instant, and a crash between two tables' swaps would leave a new customer
 table beside an old terminal table. The next run deletes any ``.staging-*``/``.replaced-*``
 leftovers, so concurrent runs against one features dir are not supported (the DAG runs one at
 a time).
@@ -109,6 +125,7 @@ NEW_TERMINAL_LOOKBACK_DAYS = 30
 INPUT_TABLE = "fct_transactions"
 CUSTOMER_TABLE = "customer_features"
 TERMINAL_TABLE = "terminal_features"
+TERMINAL_LABEL_TABLE = "terminal_label_features"
 CUSTOMER_TERMINAL_TABLE = "customer_terminal_features"
 RESULT_MARKER = "FEATURE_JOB_RESULT"
 
@@ -138,8 +155,11 @@ CUSTOMER_FEATURES = [
 ]
 TERMINAL_FEATURES = [
     *[f for n in WINDOW_DAYS for f in (f"terminal_nb_tx_{n}d", f"terminal_risk_{n}d")],
+]
+TERMINAL_LABEL_FEATURES = [
     "terminal_last_label_fraud",
     "terminal_last3_labels_fraud_share",
+    "terminal_fraud_streak_start_unix",
 ]
 LAST_LABELS = 3
 
@@ -363,57 +383,51 @@ def _pending_label_counts(tx: DataFrame, delay_days: int) -> DataFrame:
     return pairs.groupBy("transaction_id").agg(*sums)
 
 
-def _latest_known_labels(tx: DataFrame) -> DataFrame:
-    """Per transaction: the terminal's newest labels known at its t (see the module docstring).
-
-    An as-of join done with one window: label arrivals and transactions of a terminal in one
-    stream ordered by time (an arrival before a transaction at the same microsecond: known at
-    t means ``label_available_at <= t``), each transaction taking the last arrival's values.
-    """
+def build_terminal_labels(tx: DataFrame) -> DataFrame:
+    """One row per (terminal, label arrival instant): the terminal's newest known labels after
+    that arrival (see the module docstring). When several labels of a terminal arrive at the
+    same microsecond, the row holds the state after the last of them (by transaction id)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     arrivals = tx.where(F.col("label_available_at").isNotNull() & F.col("tx_fraud").isNotNull())
-    by_arrival = Window.partitionBy("terminal_id").orderBy(
-        F.unix_micros("label_available_at"), "transaction_id"
+    arrivals = arrivals.withColumn("arrival_micros", F.unix_micros("label_available_at"))
+    by_arrival = Window.partitionBy("terminal_id").orderBy("arrival_micros", "transaction_id")
+    so_far = by_arrival.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    # A streak is the run of fraud labels since the latest genuine one: numbering the runs by
+    # the genuine labels seen so far puts each streak in its own partition.
+    streak = Window.partitionBy("terminal_id", "genuine_so_far").orderBy(
+        "arrival_micros", "transaction_id"
     )
-    arrivals = arrivals.select(
-        "terminal_id",
-        F.unix_micros("label_available_at").alias("at_micros"),
-        F.lit(0).alias("order_at_same_time"),
-        F.lit(None).cast("bigint").alias("transaction_id"),
-        F.col("tx_fraud").cast("double").alias("last_fraud"),
-        F.avg(F.col("tx_fraud").cast("double"))
-        .over(by_arrival.rowsBetween(-(LAST_LABELS - 1), Window.currentRow))
-        .alias("last3_share"),
-    )
-    targets = tx.select(
-        "terminal_id",
-        F.unix_micros("tx_datetime").alias("at_micros"),
-        F.lit(1).alias("order_at_same_time"),
-        "transaction_id",
-        F.lit(None).cast("double").alias("last_fraud"),
-        F.lit(None).cast("double").alias("last3_share"),
-    )
-    so_far = (
-        Window.partitionBy("terminal_id")
-        .orderBy("at_micros", "order_at_same_time")
-        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    )
-    stream = arrivals.unionByName(targets)
-    return (
-        stream.select(
-            "transaction_id",
-            "order_at_same_time",
-            F.coalesce(F.last("last_fraud", ignorenulls=True).over(so_far), F.lit(0.0)).alias(
-                "terminal_last_label_fraud"
-            ),
-            F.coalesce(F.last("last3_share", ignorenulls=True).over(so_far), F.lit(0.0)).alias(
-                "terminal_last3_labels_fraud_share"
+    fraud_seconds = F.when(F.col("tx_fraud") == 1, F.unix_seconds("tx_datetime"))
+    states = (
+        arrivals.withColumn("genuine_so_far", F.sum(1 - F.col("tx_fraud")).over(so_far))
+        .withColumn(
+            "terminal_fraud_streak_start_unix",
+            F.when(
+                F.col("tx_fraud") == 1,
+                F.min(fraud_seconds).over(streak.rowsBetween(Window.unboundedPreceding, 0)),
             ),
         )
-        .where(F.col("order_at_same_time") == 1)
-        .drop("order_at_same_time")
+        .select(
+            "terminal_id",
+            F.col("label_available_at").alias("event_timestamp"),
+            "arrival_micros",
+            "transaction_id",
+            F.col("tx_fraud").cast("double").alias("terminal_last_label_fraud"),
+            F.avg(F.col("tx_fraud").cast("double"))
+            .over(by_arrival.rowsBetween(-(LAST_LABELS - 1), Window.currentRow))
+            .alias("terminal_last3_labels_fraud_share"),
+            "terminal_fraud_streak_start_unix",
+        )
+    )
+    last_at_instant = Window.partitionBy("terminal_id", "arrival_micros").orderBy(
+        F.col("transaction_id").desc()
+    )
+    return (
+        states.withColumn("rank_at_instant", F.row_number().over(last_at_instant))
+        .where(F.col("rank_at_instant") == 1)
+        .select("terminal_id", "event_timestamp", *TERMINAL_LABEL_FEATURES)
     )
 
 
@@ -445,9 +459,7 @@ def build_terminal_features(tx: DataFrame, delay_days: int) -> DataFrame:
         )
 
     pending = _pending_label_counts(tx, delay_days)
-    joined = windowed.join(pending, "transaction_id", "left").join(
-        _latest_known_labels(tx), "transaction_id", "left"
-    )
+    joined = windowed.join(pending, "transaction_id", "left")
     risks = {}
     for n in WINDOW_DAYS:
         known_labelled = F.col(f"labelled_{n}d") - F.coalesce(
@@ -555,6 +567,7 @@ def run(spark: SparkSession, marts_dir: str, features_dir: str, delay_days: int)
         {
             CUSTOMER_TABLE: build_customer_features(tx),
             TERMINAL_TABLE: build_terminal_features(tx, delay_days),
+            TERMINAL_LABEL_TABLE: build_terminal_labels(tx),
             CUSTOMER_TERMINAL_TABLE: build_customer_terminal_history(tx),
         },
         features_dir,

@@ -122,7 +122,10 @@ def latest_feature_time(settings: Settings) -> dt.datetime | None:
     """The newest event timestamp in the Spark feature tables (None if there are none)."""
     import duckdb
 
-    tables = [settings.features_dir / t for t in ("customer_features", "terminal_features")]
+    tables = [
+        settings.features_dir / t
+        for t in ("customer_features", "terminal_features", "terminal_label_features")
+    ]
     globs = [str(t / "**" / "*.parquet") for t in tables if any(t.rglob("*.parquet"))]
     if not globs:
         return None

@@ -269,7 +269,13 @@ def test_features_were_built_by_asset_events_alone(system):
     events = api.get("/assets/events", params={"source_dag_id": "build_features"}).json()
     assert events["total_entries"] >= 1  # the features Asset was emitted
     features = airflow.settings.features_dir
-    for table in ("customer_features", "terminal_features", "customer_terminal_features"):
+    tables = (
+        "customer_features",
+        "terminal_features",
+        "terminal_label_features",
+        "customer_terminal_features",
+    )
+    for table in tables:
         assert pq.read_table(features / table).num_rows > 0
     assert (airflow.settings.feast_dir / "online.db").exists()
 

@@ -118,19 +118,27 @@ def _oracle(mart: pd.DataFrame, row: pd.Series) -> dict | None:
         ]
         out[f"terminal_nb_tx_{name}"] = len(window)
         out[f"terminal_risk_{name}"] = known.tx_fraud.sum() / len(known) if len(known) else 0.0
-    if tt is None:
+    # The terminal's labels: those that had arrived before the transaction (rows stamped at
+    # each arrival), if the newest arrived within the view's TTL.
+    every = mart[mart.terminal_id == row.terminal_id]
+    arrived = every[
+        every.label_available_at.notna()
+        & every.tx_fraud.notna()
+        & (every.label_available_at.astype("datetime64[us, UTC]") < row.tx_datetime)
+    ].sort_values(["label_available_at", "transaction_id"])
+    if arrived.empty or row.tx_datetime - arrived.label_available_at.max() > dt.timedelta(days=38):
         out["terminal_last_label_fraud"] = np.nan
         out["terminal_last3_labels_fraud_share"] = np.nan
-    else:  # the newest labels that had arrived at the state's time, by arrival then id
-        state_time = pd.Timestamp(tt, unit="s", tz="UTC")
-        arrived = term[
-            term.label_available_at.notna()
-            & term.tx_fraud.notna()
-            & (term.label_available_at <= state_time)
-        ].sort_values(["label_available_at", "transaction_id"])
-        newest = arrived.tx_fraud.astype(float).to_numpy()[-3:]
-        out["terminal_last_label_fraud"] = float(newest[-1]) if newest.size else 0.0
-        out["terminal_last3_labels_fraud_share"] = float(newest.mean()) if newest.size else 0.0
+        out["terminal_fraud_streak_days"] = 0.0
+    else:
+        newest = arrived.tx_fraud.astype(float).to_numpy()
+        out["terminal_last_label_fraud"] = float(newest[-1])
+        out["terminal_last3_labels_fraud_share"] = float(newest[-3:].mean())
+        since_genuine = np.flatnonzero(newest == 0)
+        streak = arrived.iloc[since_genuine[-1] + 1 if since_genuine.size else 0 :]
+        out["terminal_fraud_streak_days"] = (
+            (t - int(_seconds(streak.tx_datetime).min())) / DAY if len(streak) else 0.0
+        )
     return out
 
 
@@ -141,7 +149,7 @@ def test_sampled_rows_equal_the_brute_force_oracle(mart, retrieved):
     # Rows whose terminal shows a fraud among its newest labels are rare: add some on purpose.
     flagged = rows[rows.terminal_last3_labels_fraud_share > 0]
     sample = pd.concat([sample, flagged.sample(n=min(30, len(flagged)), random_state=0)])
-    checked = newest_label_frauds = 0
+    checked = newest_label_frauds = streaks = 0
     for _, row in sample.iterrows():
         expected = _oracle(mart, row)
         if expected is None:
@@ -159,7 +167,8 @@ def test_sampled_rows_equal_the_brute_force_oracle(mart, retrieved):
                 )
         checked += 1
         newest_label_frauds += expected["terminal_last3_labels_fraud_share"] > 0
-    assert checked > 100 and newest_label_frauds >= 10
+        streaks += expected["terminal_fraud_streak_days"] > 0
+    assert checked > 100 and newest_label_frauds >= 10 and streaks >= 5
 
 
 def test_no_fraud_label_leaks_before_it_arrives(built, mart, retrieved):

@@ -84,8 +84,15 @@ TERMINAL_SCHEMA = pa.schema(
         ("terminal_risk_7d", pa.float64()),
         ("terminal_nb_tx_30d", pa.int64()),
         ("terminal_risk_30d", pa.float64()),
+    ]
+)
+TERMINAL_LABEL_SCHEMA = pa.schema(
+    [
+        ("terminal_id", pa.int64()),
+        ("event_timestamp", TS),
         ("terminal_last_label_fraud", pa.float64()),
         ("terminal_last3_labels_fraud_share", pa.float64()),
+        ("terminal_fraud_streak_start_unix", pa.int64()),
     ]
 )
 
@@ -233,16 +240,38 @@ def oracle_terminal_features(mart: pd.DataFrame, delay: int) -> pd.DataFrame:
                 frauds = int(fraud[labelled].sum())
                 record[f"terminal_nb_tx_{n}d"] = int(inside.sum())
                 record[f"terminal_risk_{n}d"] = frauds / labelled.sum() if labelled.any() else 0.0
-            # The newest labels known at t, by arrival then transaction id.
-            known = sorted(
-                zip(label_micros[known_at_t], ids[known_at_t], fraud[known_at_t], strict=True)
-            )
-            newest = [f for _, _, f in known[-3:]]
-            record["terminal_last_label_fraud"] = float(newest[-1]) if newest else 0.0
-            record["terminal_last3_labels_fraud_share"] = (
-                sum(newest) / len(newest) if newest else 0.0
-            )
             records.append(record)
+    return pd.DataFrame(records)
+
+
+def oracle_terminal_labels(mart: pd.DataFrame) -> pd.DataFrame:
+    """Brute force: at each instant a label of the terminal arrives, every label known then."""
+    records = []
+    labelled = mart[mart["label_available_at"].notna() & mart["tx_fraud"].notna()]
+    for terminal, rows in labelled.groupby("terminal_id"):
+        ids = rows["transaction_id"].to_numpy()
+        seconds = _micros(rows["tx_datetime"]) // 1_000_000
+        label_micros = _micros(rows["label_available_at"])
+        fraud = rows["tx_fraud"].astype("int64").to_numpy()
+        for instant in np.unique(label_micros):
+            known = label_micros <= instant
+            # By arrival, then transaction id.
+            order = sorted(zip(label_micros[known], ids[known], range(known.sum()), strict=True))
+            newest = [fraud[known][i] for *_, i in order]
+            streak: list[int] = []  # positions (in ``known``) of the frauds since the last genuine
+            for *_, i in order:
+                streak = [*streak, i] if fraud[known][i] == 1 else []
+            records.append(
+                {
+                    "terminal_id": terminal,
+                    "event_timestamp": pd.Timestamp(int(instant), unit="us", tz="UTC"),
+                    "terminal_last_label_fraud": float(newest[-1]),
+                    "terminal_last3_labels_fraud_share": sum(newest[-3:]) / len(newest[-3:]),
+                    "terminal_fraud_streak_start_unix": (
+                        float(seconds[known][streak].min()) if streak else np.nan
+                    ),
+                }
+            )
     return pd.DataFrame(records)
 
 
@@ -318,10 +347,30 @@ def test_every_terminal_feature_matches_the_oracle(job_run) -> None:
     # The fixture must exercise the risk, including partly-labelled windows.
     assert (expected["terminal_risk_7d"] > 0).sum() > 1000
     assert ((expected["terminal_risk_1d"] > 0) & (expected["terminal_risk_1d"] < 1)).any()
-    # ... and the newest labels: a fraud last, and every share of three.
+
+
+def test_every_terminal_label_state_matches_the_oracle(job_run) -> None:
+    settings, mart, _ = job_run
+    actual = _read(settings.features_dir / "terminal_label_features")
+    expected = oracle_terminal_labels(mart)
+    keys = ["terminal_id", "event_timestamp"]
+    assert not actual.duplicated(keys).any()  # one state per terminal and arrival instant
+    assert len(actual) == len(expected)
+    merged = expected.merge(actual, on=keys, suffixes=("_oracle", ""), validate="1:1")
+    assert len(merged) == len(expected)
+    for column in expected.columns.drop(keys):
+        want, got = merged[f"{column}_oracle"].to_numpy(float), merged[column].to_numpy(float)
+        bad = ~np.isclose(got, want, rtol=0, atol=1e-9, equal_nan=True)
+        assert not bad.any(), f"{column}: {int(bad.sum())} rows differ\n{merged[bad].head()}"
+    # The fixture must exercise every case: a fraud last, every share of three, streaks of
+    # several labels, and labels of one terminal arriving at the same instant.
     assert (expected["terminal_last_label_fraud"] == 1).sum() > 100
     shares = set(expected["terminal_last3_labels_fraud_share"].round(3))
     assert {0.0, 0.333, 0.667, 1.0} <= shares
+    streaks = expected.dropna(subset=["terminal_fraud_streak_start_unix"])
+    assert (streaks.groupby(["terminal_id", "terminal_fraud_streak_start_unix"]).size() > 3).any()
+    labelled = mart.dropna(subset=["label_available_at", "tx_fraud"])
+    assert labelled.duplicated(["terminal_id", "label_available_at"]).any()
 
 
 def test_terminal_features_with_another_label_delay(job_run, tmp_path, monkeypatch) -> None:
@@ -365,6 +414,11 @@ def test_tables_schema_paths_and_row_counts(job_run) -> None:
         "customer_features",
         "customer_terminal_features",
         "terminal_features",
+        "terminal_label_features",
+    ]
+    labels = pq.read_table(settings.features_dir / "terminal_label_features")
+    assert [(f.name, f.type) for f in labels.schema] == [
+        (f.name, f.type) for f in TERMINAL_LABEL_SCHEMA
     ]
     pairs = _by_id(pq.read_table(settings.features_dir / "customer_terminal_features").to_pandas())
     assert len(pairs) == len(mart)

@@ -137,7 +137,12 @@ def test_sql_registry_on_postgres_holds_the_definitions(profiles):
                 sa.text("select feature_service_name from feature_services where project_id = :p"),
                 {"p": PROJECT},
             ).scalars()
-            assert {"customer_state", "terminal_state", "customer_terminal_history"} <= set(views)
+            assert {
+                "customer_state",
+                "terminal_state",
+                "terminal_labels",
+                "customer_terminal_history",
+            } <= set(views)
             assert list(services) == [store.FEATURE_SERVICE]
     finally:
         engine.dispose()

@@ -19,7 +19,12 @@ from pipelines.platform.spark import SparkStandalone, alive_workers, master_stat
 from tests.conftest import free_port
 from tests.production.conftest import profile
 
-TABLES = ("customer_features", "terminal_features", "customer_terminal_features")
+TABLES = (
+    "customer_features",
+    "terminal_features",
+    "terminal_label_features",
+    "customer_terminal_features",
+)
 
 
 @pytest.fixture(scope="module")
