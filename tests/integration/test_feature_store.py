@@ -231,6 +231,32 @@ def test_online_service_read_applies_the_on_demand_view(built):
     assert vector["customer_avg_amount_1d_now"][0] == pytest.approx(expected_avg)
 
 
+def test_online_service_read_ages_the_terminal_fraud_streak(built):
+    """Online, the streak's age is computed at the scored transaction's time from the state of
+    the terminal's latest label arrival; a terminal whose latest label is genuine has none."""
+    store.materialize_latest(built)
+    fs = store.get_store(built)
+    labels = pq.read_table(built.features_dir / "terminal_label_features").to_pandas()
+    latest = labels.sort_values("event_timestamp").groupby("terminal_id").tail(1)
+    streaking = latest.dropna(subset=["terminal_fraud_streak_start_unix"]).iloc[0]
+    clean = latest[latest.terminal_last_label_fraud == 0].iloc[0]
+    now = int(streaking.terminal_fraud_streak_start_unix) + 3 * DAY + 600
+    vector = fs.get_online_features(
+        features=fs.get_feature_service(store.FEATURE_SERVICE),
+        entity_rows=[
+            {
+                "customer_id": 0,
+                "terminal_id": int(terminal),
+                "tx_amount": 5.0,
+                "tx_unix_seconds": now,
+            }
+            for terminal in (streaking.terminal_id, clean.terminal_id)
+        ],
+    ).to_dict()
+    assert vector["terminal_last_label_fraud"] == [1.0, 0.0]
+    assert vector["terminal_fraud_streak_days"] == pytest.approx([3 + 600 / DAY, 0.0])
+
+
 def test_a_pushed_state_is_readable_online(built):
     fs = store.get_store(built)
     pushed_at = pd.Timestamp("2030-01-01 12:00", tz="UTC")
