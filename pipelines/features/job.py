@@ -406,7 +406,9 @@ def build_terminal_labels(tx: DataFrame) -> DataFrame:
             "terminal_fraud_streak_start_unix",
             F.when(
                 F.col("tx_fraud") == 1,
-                F.min(fraud_seconds).over(streak.rowsBetween(Window.unboundedPreceding, 0)),
+                F.min(fraud_seconds).over(
+                    streak.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+                ),
             ),
         )
         .select(
