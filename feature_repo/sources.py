@@ -8,36 +8,38 @@ from pipelines.config import get_settings
 
 _features_dir = get_settings().features_dir
 
-customer_state_source = FileSource(
-    name="customer_state_source",
-    path=str(_features_dir / "customer_features"),
-    file_format=ParquetFormat(),  # a folder of part files: the duckdb store needs the format
-    timestamp_field="event_timestamp",
-    description="Customer state after each transaction (Spark job).",
-)
 
-terminal_state_source = FileSource(
-    name="terminal_state_source",
-    path=str(_features_dir / "terminal_features"),
-    file_format=ParquetFormat(),
-    timestamp_field="event_timestamp",
-    description="Terminal counts and delayed fraud risk after each transaction (Spark job).",
-)
+def _spark_table(name: str, folder: str, description: str) -> FileSource:
+    """One of the Spark job's tables: a folder of Parquet part files stamped ``event_timestamp``
+    (the duckdb offline store needs the format spelled out)."""
+    return FileSource(
+        name=name,
+        path=str(_features_dir / folder),
+        file_format=ParquetFormat(),
+        timestamp_field="event_timestamp",
+        description=description,
+    )
 
-terminal_labels_source = FileSource(
-    name="terminal_labels_source",
-    path=str(_features_dir / "terminal_label_features"),
-    file_format=ParquetFormat(),
-    timestamp_field="event_timestamp",
-    description="The terminal's newest known labels after each label arrival (Spark job).",
-)
 
-customer_terminal_source = FileSource(
-    name="customer_terminal_source",
-    path=str(_features_dir / "customer_terminal_features"),
-    file_format=ParquetFormat(),
-    timestamp_field="event_timestamp",
-    description="Last use of each (customer, terminal) pair.",
+customer_state_source = _spark_table(
+    "customer_state_source",
+    "customer_features",
+    "Customer state after each transaction (Spark job).",
+)
+terminal_state_source = _spark_table(
+    "terminal_state_source",
+    "terminal_features",
+    "Terminal counts and delayed fraud risk after each transaction (Spark job).",
+)
+terminal_labels_source = _spark_table(
+    "terminal_labels_source",
+    "terminal_label_features",
+    "The terminal's newest known labels after each label arrival (Spark job).",
+)
+customer_terminal_source = _spark_table(
+    "customer_terminal_source",
+    "customer_terminal_features",
+    "Last use of each (customer, terminal) pair.",
 )
 
 # Serving pushes the customer's new state after each scored transaction, so the online store
