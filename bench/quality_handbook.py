@@ -170,12 +170,12 @@ def ceilings(data: ProtocolData) -> dict:
 
     A fraud is visible to these inputs if it is an amount-rule fraud (scenario 1), a
     compromised-card fraud (scenario 3: amounts x5), or a compromised-terminal fraud
-    (scenario 2) whose terminal already shows a known fraud in one of its risk windows. A
-    scenario-2 fraud on a terminal whose compromise is still inside the label delay is
-    indistinguishable from a genuine payment. Scoring visible frauds 1 and everything else 0
-    (ties count half for AUC, keep card order for CP@100) bounds what any model on these
-    inputs can reach; it is an estimate, not a strict bound (a hidden fraud can still land high
-    by chance).
+    (scenario 2) whose terminal already shows a known fraud: in one of its risk windows or
+    among its newest labels. A scenario-2 fraud on a terminal whose compromise is still inside
+    the label delay is indistinguishable from a genuine payment. Scoring visible frauds 1 and
+    everything else 0 (ties count half for AUC, keep card order for CP@100) bounds what a model
+    on these inputs reaches if it ranks the hidden frauds like genuine payments; it is an
+    estimate, not a strict bound (a hidden fraud can still land high by chance).
     """
     import numpy as np
 
@@ -183,9 +183,10 @@ def ceilings(data: ProtocolData) -> dict:
 
     test = data.frames["test"]
     labels = test.tx_fraud.to_numpy()
-    risk = test[[f"terminal_risk_{n}d" for n in (1, 7, 30)]].astype("float64").fillna(0.0)
+    known = [f"terminal_risk_{n}d" for n in (1, 7, 30)] + ["terminal_last_label_fraud"]
+    shows_fraud = test[known].astype("float64").fillna(0.0).sum(axis=1).to_numpy() > 0
     scenario = test.tx_fraud_scenario.to_numpy()
-    visible = (scenario == 1) | (scenario == 3) | ((scenario == 2) & (risk.sum(axis=1) > 0))
+    visible = (scenario == 1) | (scenario == 3) | ((scenario == 2) & shows_fraud)
     scores = (labels * visible).astype(np.float64)
     out = ranking_metrics(test.tx_day, test.customer_id, labels, scores)
     out["visible_fraud_share"] = float(visible[labels == 1].mean())
