@@ -27,13 +27,13 @@ if TYPE_CHECKING:
 
 # Defaults for an entity the online store does not know (documented in the README): a new
 # customer is handled by the on-demand view itself (counts 1, ratio 1, is_new 1); a terminal
-# without state has no history, hence no transactions and no known risk.
+# without state has no history, hence no transactions and no known risk (its fraud streak is
+# the on-demand view's own: 0 days).
 TERMINAL_DEFAULTS = {
     **{f"terminal_nb_tx_{n}d": 0.0 for n in (1, 7, 30)},
     **{f"terminal_risk_{n}d": 0.0 for n in (1, 7, 30)},
     "terminal_last_label_fraud": 0.0,
     "terminal_last3_labels_fraud_share": 0.0,
-    "terminal_fraud_streak_days": 0.0,  # the on-demand view's own value without a streak
 }
 # A terminal is unknown when the online store has no row for it: its 30-day count is null.
 TERMINAL_PRESENCE = "terminal_nb_tx_30d"

@@ -154,7 +154,7 @@ CUSTOMER_FEATURES = [
     "customer_last_tx_unix",
 ]
 TERMINAL_FEATURES = [
-    *[f for n in WINDOW_DAYS for f in (f"terminal_nb_tx_{n}d", f"terminal_risk_{n}d")],
+    f for n in WINDOW_DAYS for f in (f"terminal_nb_tx_{n}d", f"terminal_risk_{n}d")
 ]
 TERMINAL_LABEL_FEATURES = [
     "terminal_last_label_fraud",

@@ -122,9 +122,11 @@ def latest_feature_time(settings: Settings) -> dt.datetime | None:
     """The newest event timestamp in the Spark feature tables (None if there are none)."""
     import duckdb
 
+    from pipelines.features.job import CUSTOMER_TABLE, TERMINAL_LABEL_TABLE, TERMINAL_TABLE
+
+    # The entity states (the pair table only says when a pair last met).
     tables = [
-        settings.features_dir / t
-        for t in ("customer_features", "terminal_features", "terminal_label_features")
+        settings.features_dir / t for t in (CUSTOMER_TABLE, TERMINAL_TABLE, TERMINAL_LABEL_TABLE)
     ]
     globs = [str(t / "**" / "*.parquet") for t in tables if any(t.rglob("*.parquet"))]
     if not globs:
