@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from pipelines.config import Settings, get_settings, load_settings
 from pipelines.platform.process import free_port as free_port
+from tests.worlds import build_world
 
 # Small worlds keep the suite fast; the handbook-size check sets its own sizes.
 SMALL_WORLD = {"FRAUD_N_CUSTOMERS": "300", "FRAUD_N_TERMINALS": "600"}
@@ -33,6 +35,13 @@ def make_settings(tmp_path, monkeypatch) -> Callable[..., Settings]:
 @pytest.fixture
 def settings(make_settings) -> Settings:
     return make_settings()
+
+
+@pytest.fixture(scope="session")
+def shared_world(tmp_path_factory) -> Path:
+    """The home of the suite's shared world (``tests/worlds.py``), built once per session.
+    Read it in place; a module that writes takes a ``world_copy``."""
+    return build_world(tmp_path_factory.mktemp("world"))
 
 
 _DESCRIBE_DAG = """

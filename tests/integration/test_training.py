@@ -1,27 +1,23 @@
 """Training end to end on a tiny world: the real chain (lake -> dbt -> Spark -> Feast) feeds
 the training steps exactly as the ``train_model`` DAG calls them.
 
-One module fixture builds the world and runs a first training whose search is interrupted
-after two trials and resumed to three; the tests then check the MLflow run, the registered
-version and its aliases, that the registered model reproduces the logged test metrics, and
-that a second training on the same window is deterministic (a tie: the champion stays).
+One module fixture copies the shared world (``tests/worlds.py``) and runs a first training
+whose search is interrupted after two trials and resumed to three; the tests then check the
+MLflow run, the registered version and its aliases, that the registered model reproduces the
+logged test metrics, and that a second training on the same window is deterministic (a tie:
+the champion stays).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
+from collections.abc import Iterator
 
 import pytest
 
-from pipelines.config import Settings, load_settings
-from pipelines.features.build import build_features
+from pipelines.config import Settings
 from pipelines.featurestore import store
-from pipelines.ingest.simulated import ingest_simulated_days
-
-FIRST_DAY = dt.date(2018, 4, 1)
-TEST_END = dt.date(2018, 5, 14)  # test 05-08..05-14, train 04-24..04-30, selection from 04-10
-LAST_DAY = TEST_END + dt.timedelta(days=7)  # the ingest of that day brings the last labels
+from tests.worlds import TEST_END, world_copy
 
 
 class Interrupt(Exception):
@@ -29,24 +25,15 @@ class Interrupt(Exception):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Settings:
-    home = tmp_path_factory.mktemp("training")
-    env = {
-        "FRAUD_HOME": str(home),
-        "FRAUD_N_CUSTOMERS": "200",
-        "FRAUD_N_TERMINALS": "400",
-        "FRAUD_HISTORY_START": FIRST_DAY.isoformat(),
-        "FRAUD_LABEL_DELAY_DAYS": "7",
-        "FRAUD_MAX_EPOCHS": "3",
-        "FRAUD_TUNING_TRIALS": "3",
-        "FRAUD_PROMOTION_FLOOR": "0.05",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        settings = load_settings()
-        ingest_simulated_days(FIRST_DAY, LAST_DAY, settings)
-        build_features(settings, materialize=False)  # training reads the offline store only
+def world(shared_world, tmp_path_factory) -> Iterator[Settings]:
+    """A copy of the shared world: its registry and study are this module's."""
+    with world_copy(
+        shared_world,
+        tmp_path_factory.mktemp("training"),
+        FRAUD_MAX_EPOCHS=3,
+        FRAUD_TUNING_TRIALS=3,
+        FRAUD_PROMOTION_FLOOR=0.05,
+    ) as settings:
         yield settings
 
 

@@ -11,7 +11,6 @@ A test skips (with the reason) only when the server does not answer at all.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import Settings, get_settings, load_settings
+from tests import worlds
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PGPORT", "5432"))
@@ -27,15 +27,8 @@ PG_USER = os.environ.get("PGUSER", "postgres")
 REDIS_HOST = os.environ.get("REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("REDIS_PORT", "6379"))
 
-FIRST_DAY = dt.date(2018, 4, 1)
-N_DAYS = 20
-# A small world keeps the whole production suite within minutes on 2 cores.
-BASE_ENV = {
-    "FRAUD_N_CUSTOMERS": "200",
-    "FRAUD_N_TERMINALS": "400",
-    "FRAUD_HISTORY_START": FIRST_DAY.isoformat(),
-    "FRAUD_LABEL_DELAY_DAYS": "7",
-}
+# The shared world's size and calendar (tests/worlds.py): its lake serves this suite too.
+BASE_ENV = {k: v for k, v in worlds.ENV.items() if k != "FRAUD_SPARK_MASTER"}
 
 
 def pg_url(database: str, driver: str = "postgresql+psycopg2") -> str:
@@ -138,15 +131,8 @@ def redis_keys(client, project: str) -> list[bytes]:
 
 
 @pytest.fixture(scope="session")
-def small_lake(tmp_path_factory) -> Settings:
-    """20 simulated days through dbt and the Spark job on local[2]: the reference tables."""
-    from pipelines.features.runner import run_feature_job
-    from pipelines.ingest.simulated import ingest_simulated_days
-    from pipelines.transform.dbt import run_dbt_build
-
-    home = tmp_path_factory.mktemp("production-lake")
-    with profile(FRAUD_HOME=home, FRAUD_SPARK_MASTER="local[2]") as settings:
-        ingest_simulated_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=N_DAYS - 1), settings)
-        run_dbt_build(settings)
-        run_feature_job(settings)
-    return settings
+def small_lake(shared_world) -> Settings:
+    """The shared world's lake, mart and Spark tables (local[2]): the reference tables. Read
+    only: a test that needs a home of its own points FRAUD_DATA_DIR here."""
+    with worlds.world_settings(shared_world) as settings:
+        return settings

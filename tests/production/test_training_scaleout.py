@@ -7,13 +7,12 @@
   local ranks, and must reach the quality of the single-process model on the same data;
   without dropout it must reproduce the single-process networks to float precision.
 
-The world is the real chain (simulated lake -> dbt -> Spark local[2] -> Feast -> training
-datasets), small enough for a few minutes on 2 cores.
+The world is a copy of the suite's shared world (``tests/worlds.py``: simulated lake -> dbt ->
+Spark local[2] -> Feast), with this module's training datasets on top.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 from pathlib import Path
@@ -21,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import Settings
-from tests.production.conftest import FIRST_DAY, pg_url, profile, query
+from tests.production.conftest import pg_url, query
+from tests.worlds import TEST_END, world_copy
 
-TEST_END = dt.date(2018, 5, 14)  # test 05-08..05-14, train 04-24..04-30, selection from 04-10
-LAST_DAY = TEST_END + dt.timedelta(days=7)  # the ingest of that day brings the last labels
 FIRST_TRIALS = 8  # 4 per worker
 RESUMED_TRIALS = 10
 # Single-process vs 2-rank DDP: same initial weights, row order and batches; only the dropout
@@ -36,24 +34,19 @@ MAX_AUC_GAP = 0.02
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, fresh_database):
-    """Lake, features, Feast and the run's datasets; study and tracking on PostgreSQL."""
-    from pipelines.features.build import build_features
-    from pipelines.ingest.simulated import ingest_simulated_days
+def world(shared_world, tmp_path_factory, fresh_database):
+    """A copy of the shared world and the run's datasets; study and tracking on PostgreSQL."""
     from pipelines.training import train
 
     optuna_db, mlflow_db = fresh_database("optuna"), fresh_database("mlflow_scaleout")
-    home = tmp_path_factory.mktemp("training-scaleout")
-    with profile(
-        FRAUD_HOME=home,
-        FRAUD_SPARK_MASTER="local[2]",
+    with world_copy(
+        shared_world,
+        tmp_path_factory.mktemp("training-scaleout"),
         FRAUD_OPTUNA_STORAGE=pg_url(optuna_db),
         FRAUD_MLFLOW_TRACKING_URI=pg_url(mlflow_db),
         FRAUD_MAX_EPOCHS="4",
         FRAUD_TORCH_THREADS="2",
     ) as settings:
-        ingest_simulated_days(FIRST_DAY, LAST_DAY, settings)
-        build_features(settings, materialize=False)  # training reads the offline store only
         ids = train.build_dataset(settings, TEST_END, reason="scale-out test")
         yield {
             "settings": settings,

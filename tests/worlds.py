@@ -1,0 +1,106 @@
+"""The suite's shared world: one small system, built once per session through the real chain.
+
+200 customers, 400 terminals, 51 days from 2018-04-01, labels 7 days after their transaction:
+simulated lake -> ``dbt build`` -> Spark job (local[2]) -> ``feast apply`` -> online store.
+It is the smallest world the handbook protocol fits in: test 05-08 .. 05-14, train
+04-24 .. 04-30, model selection from 04-10, and the ingest of 05-21 brings the last test labels.
+
+The built home is never written after the build. A test module that writes (a registry, an
+Optuna study, the online store, the prediction log) works on its own copy (``world_copy``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import Settings, get_settings, load_settings
+
+FIRST_DAY = dt.date(2018, 4, 1)
+TEST_END = dt.date(2018, 5, 14)
+LABEL_DELAY_DAYS = 7
+LAST_DAY = TEST_END + dt.timedelta(days=LABEL_DELAY_DAYS)
+ENV = {
+    "FRAUD_N_CUSTOMERS": "200",
+    "FRAUD_N_TERMINALS": "400",
+    "FRAUD_HISTORY_START": FIRST_DAY.isoformat(),
+    "FRAUD_LABEL_DELAY_DAYS": str(LABEL_DELAY_DAYS),
+    "FRAUD_SPARK_MASTER": "local[2]",
+}
+
+
+def world_env(home: Path, **extra: object) -> dict[str, str]:
+    """The world's variables on ``home``, every path explicit (a developer's .env can never
+    point a test at a real lake), then ``extra`` (FRAUD_* names) on top."""
+    paths = {
+        "FRAUD_HOME": home,
+        "FRAUD_DATA_DIR": home / "data",
+        "FRAUD_WAREHOUSE_PATH": home / "warehouse" / "fraud.duckdb",
+    }
+    return {k: str(v) for k, v in {**paths, **ENV, **extra}.items()}
+
+
+@contextlib.contextmanager
+def world_settings(home: Path, **extra: object) -> Iterator[Settings]:
+    """The settings of the world on ``home``, its variables set in os.environ while inside
+    (Feast reads them when it imports ``feature_repo/``; subprocesses inherit them)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in world_env(home, **extra).items():
+            mp.setenv(key, value)
+        get_settings.cache_clear()
+        try:
+            yield load_settings()
+        finally:
+            get_settings.cache_clear()
+    get_settings.cache_clear()
+
+
+def build_world(home: Path) -> Path:
+    """Ingest the world's days and run the whole feature path on ``home``; returns ``home``."""
+    from pipelines.features.build import build_features
+    from pipelines.ingest.simulated import ingest_simulated_days
+
+    with world_settings(home) as settings:
+        ingest_simulated_days(FIRST_DAY, LAST_DAY, settings)
+        build_features(settings)
+    return home
+
+
+def _relocate_tracking(database: Path, source: Path, target: Path) -> None:
+    """Point the copied MLflow store's artifact paths at the copy (they are absolute)."""
+    if not database.exists():
+        return
+    old, new = f"{source}/", f"{target}/"
+    with contextlib.closing(sqlite3.connect(database)) as con, con:
+        tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
+        for table in tables:
+            for column in con.execute(f'pragma table_info("{table}")').fetchall():
+                name, kind = column[1], column[2].upper()
+                if "CHAR" in kind or "TEXT" in kind:
+                    con.execute(
+                        f'update "{table}" set "{name}" = replace("{name}", ?, ?) '
+                        f'where "{name}" like ?',
+                        (old, new, f"%{old}%"),
+                    )
+
+
+@contextlib.contextmanager
+def world_copy(source: Path, target: Path, **extra: object) -> Iterator[Settings]:
+    """A writable copy of the built world ``source`` on ``target``, with its settings.
+
+    Feast's registry records the offline sources' absolute paths, so the copy applies the
+    definitions again (the copied online store keeps its rows); MLflow's paths are rewritten.
+    """
+    from pipelines.featurestore import store
+
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    _relocate_tracking(target / "mlflow" / "mlflow.db", source, target)
+    with world_settings(target, **extra) as settings:
+        store.apply(settings)
+        yield settings
