@@ -1,18 +1,45 @@
-"""Real Airflow for end-to-end tests: a temporary home, free ports, stopped afterwards."""
+"""End-to-end fixtures: real Airflow on a temporary home and free ports, and the scoring API's
+world and server (one of each for the serving modules), all stopped afterwards."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from pipelines.config import load_settings
+from pipelines.config import get_settings, load_settings
 from pipelines.platform.airflow import AirflowServices
+from pipelines.platform.scoring import BentoProcess
 from tests.conftest import SMALL_WORLD, free_port
+from tests.e2e.serving_world import build_serving_world, serve
+from tests.waiting import wait_for
+
+
+@pytest.fixture(scope="package")
+def serving_world(shared_world, tmp_path_factory) -> dict:
+    """A copy of the shared world with version 1 of a small model as the champion."""
+    return build_serving_world(shared_world, tmp_path_factory.mktemp("serving"))
+
+
+@pytest.fixture
+def serving_env(serving_world, monkeypatch) -> Iterator[None]:
+    """The serving world's variables in os.environ for one test (in-process calls read them)."""
+    for key, value in serving_world["env"].items():
+        if key.startswith(("FRAUD_", "BENTOML_")):
+            monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="package")
+def scoring_server(serving_world) -> Iterator[BentoProcess]:
+    """One ``bentoml serve`` of the serving world for every test that can share it."""
+    with serve(serving_world["env"]) as server:
+        yield server
 
 
 @contextlib.contextmanager
@@ -41,14 +68,12 @@ def running_airflow(home, history_days: int = 2, **env: str) -> Iterator[Airflow
 
 def wait_for_run(api: httpx.Client, dag_id: str, run_id: str, timeout: float = 240) -> dict:
     """Poll a DAG run until it ends (success or failed)."""
-    deadline = time.monotonic() + timeout
-    run: dict = {}
-    while time.monotonic() < deadline:
+
+    def finished() -> dict | None:
         run = api.get(f"/dags/{dag_id}/dagRuns/{run_id}").json()
-        if run["state"] in ("success", "failed"):
-            return run
-        time.sleep(2)
-    raise AssertionError(f"{dag_id} run {run_id} still {run.get('state')} after {timeout}s")
+        return run if run["state"] in ("success", "failed") else None
+
+    return wait_for(f"{dag_id} run {run_id} to end", finished, timeout, interval=2)
 
 
 def failure_report(api: httpx.Client, dag_id: str, run_id: str, tail: int = 25) -> str:

@@ -1,160 +1,52 @@
 """The scoring API as a client sees it: a real ``bentoml serve`` process, real Feast online
 store, real MLflow registry (SQLite), over HTTP.
 
-The model is a small network fitted here on the Feast training features of a tiny world, logged
-and registered through MLflow with the tags serving relies on; the full training pipeline has
-its own tests.
+The world and the server are the e2e package's (``tests/e2e/serving_world.py``): a copy of the
+shared world with small registered models, one server shared with the experiment tests.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import time
-from pathlib import Path
 
 import httpx
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import Settings, load_settings
-from pipelines.features.build import build_features
+from pipelines.config import load_settings
 from pipelines.featurestore import store
-from pipelines.ingest.simulated import ingest_simulated_days
-from pipelines.platform.scoring import SERVICE, BentoProcess
-from pipelines.transform.dbt import mart_file
+from tests.e2e.serving_world import MAX_BATCH, register_model, serve, transaction
+from tests.waiting import wait_for
 
-FIRST_DAY = dt.date(2018, 4, 1)
-N_DAYS = 30
-MAX_BATCH = 5
+pytestmark = pytest.mark.usefixtures("serving_env")
 
 
-def _register(settings: Settings, frame: pd.DataFrame, inputs: list[str], scale: float) -> str:
-    """Fit a tiny torch model, log and register it, return its version."""
+@pytest.fixture
+def world(serving_world) -> dict:
+    return serving_world
+
+
+@pytest.fixture
+def server(scoring_server):
+    return scoring_server
+
+
+@pytest.fixture
+def champion_restored(world, server):
+    """Put version 1 back as the champion after a test that moves the alias."""
+    yield
     import mlflow
-    import torch
 
-    torch.manual_seed(0)
-    x = torch.tensor(frame[inputs].fillna(0).to_numpy(), dtype=torch.float32)
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    y = torch.tensor(frame["tx_fraud"].to_numpy(), dtype=torch.float32)
-    net = torch.nn.Linear(len(inputs), 1)
-    opt = torch.optim.Adam(net.parameters(), lr=0.05)
-    for _ in range(50):
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            net((x - mean) / std).squeeze(1) * scale, y
-        )
-        loss.backward()
-        opt.step()
-
-    class Scorer(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net, self.mean, self.std, self.scale = net, mean, std, scale
-
-        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-            z = torch.nan_to_num((inputs - self.mean) / self.std)
-            return torch.sigmoid(self.net(z) * self.scale)
-
-    from pipelines.training import tracking
-
-    # tracking.client sets both process-wide URIs (an earlier test may have pointed them
-    # elsewhere; log_model follows the globals); the project's experiment keeps the artifacts
-    # under the home, not in ./mlruns of the working directory.
-    client = tracking.client(settings)
-    with mlflow.start_run(experiment_id=tracking.experiment_id(settings)):
-        info = mlflow.pytorch.log_model(
-            Scorer(),
-            name="model",
-            pip_requirements=["torch"],
-            serialization_format="pickle",
-            registered_model_name=settings.model_name,
-        )
-    version = str(info.registered_model_version)
-    client.set_model_version_tag(settings.model_name, version, "model_inputs", json.dumps(inputs))
-    client.set_model_version_tag(
-        settings.model_name, version, "feature_service", store.FEATURE_SERVICE
-    )
-    client.set_model_version_tag(settings.model_name, version, "metric.average_precision", "0.5")
-    baseline = {c: float(frame[c].median()) for c in inputs}
-    client.set_model_version_tag(
-        settings.model_name, version, "input_baseline", json.dumps(baseline)
-    )
-    return version
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    home = tmp_path_factory.mktemp("serving")
-    env = {
-        "FRAUD_HOME": str(home),
-        "FRAUD_N_CUSTOMERS": "200",
-        "FRAUD_N_TERMINALS": "400",
-        "FRAUD_HISTORY_START": FIRST_DAY.isoformat(),
-        "FRAUD_MAX_BATCH_SIZE": str(MAX_BATCH),
-        "FRAUD_MODEL_POLL_SECONDS": "3600",  # swaps in these tests come from /reload
-        "FRAUD_PREDICTION_LOG_FLUSH_SECONDS": "0.5",
-        "BENTOML_DO_NOT_TRACK": "True",
-        "BENTOML_HOME": str(home / "bentoml"),
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        settings = load_settings()
-        ingest_simulated_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=N_DAYS - 1), settings)
-        build_features(settings)
-        mart = pq.read_table(mart_file(settings)).to_pandas()
-        labelled = mart[mart.tx_fraud.notna()]
-        features = store.historical_features(settings, store.training_entities(labelled))
-        frame = features.merge(labelled[["transaction_id", "tx_fraud"]], on="transaction_id")
-        fs = store.get_store(settings)
-        service = fs.get_feature_service(store.FEATURE_SERVICE)
-        names = [f.name for p in service.feature_view_projections for f in p.features]
-        inputs = ["tx_amount", *names]
-        version = _register(settings, frame, inputs, scale=1.0)
-        import mlflow
-
-        mlflow.MlflowClient(
-            settings.tracking_uri, settings.tracking_uri
-        ).set_registered_model_alias(settings.model_name, "champion", version)
-        yield {
-            "settings": settings,
-            "env": {**os.environ},
-            "frame": frame,
-            "inputs": inputs,
-            "mart": mart,
-        }
-
-
-def serve(env: dict[str, str]) -> BentoProcess:
-    """The scoring service as a real ``bentoml serve`` process, ready."""
-    return BentoProcess(SERVICE, env, Path(env["FRAUD_HOME"]) / "logs")
-
-
-@pytest.fixture(scope="module")
-def server(world):
-    with serve(world["env"]) as srv:
-        yield srv
-
-
-def _tx(mart: pd.DataFrame, i: int = 0, **changes) -> dict:
-    row = mart.iloc[-1 - i]
-    tx = {
-        "transaction_id": 900_000 + i,
-        "customer_id": int(row.customer_id),
-        "terminal_id": int(row.terminal_id),
-        "tx_amount": 42.5,
-        "tx_datetime": (row.tx_datetime + pd.Timedelta(minutes=5)).isoformat(),
-    }
-    tx.update(changes)
-    return tx
+    settings = world["settings"]
+    client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    client.set_registered_model_alias(settings.model_name, "champion", "1")
+    assert httpx.post(f"{server.url}/reload", json={}, timeout=60).json()["version"] == "1"
 
 
 def test_score_one_and_many(server, world):
-    batch = [_tx(world["mart"], i) for i in range(3)]
+    batch = [transaction(world["mart"], i) for i in range(3)]
     r = httpx.post(f"{server.url}/score", json={"transactions": batch}, timeout=30)
     assert r.status_code == 200, r.text
     scores = r.json()
@@ -169,7 +61,7 @@ def test_score_one_and_many(server, world):
 def test_explain_names_the_top_features(server, world):
     r = httpx.post(
         f"{server.url}/score",
-        json={"transactions": [_tx(world["mart"])], "explain": True},
+        json={"transactions": [transaction(world["mart"])], "explain": True},
         timeout=30,
     )
     assert r.status_code == 200, r.text
@@ -212,7 +104,7 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_invalid_transaction_is_a_4xx_naming_the_field(server, world, case):
     change, field = BAD_INPUTS[case]
-    tx = _tx(world["mart"])
+    tx = transaction(world["mart"])
     if "drop" in change:
         del tx[change["drop"]]
     else:
@@ -224,7 +116,7 @@ def test_invalid_transaction_is_a_4xx_naming_the_field(server, world, case):
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "1e999"])
 def test_non_finite_amount_is_refused(server, world, literal):
-    body = json.dumps({"transactions": [_tx(world["mart"], tx_amount=0.5)]})
+    body = json.dumps({"transactions": [transaction(world["mart"], tx_amount=0.5)]})
     body = body.replace('"tx_amount": 0.5', f'"tx_amount": {literal}')
     assert literal in body
     r = httpx.post(
@@ -235,7 +127,7 @@ def test_non_finite_amount_is_refused(server, world, literal):
 
 @pytest.mark.parametrize("size", [0, MAX_BATCH + 1])
 def test_empty_or_oversized_batch_is_refused(server, world, size):
-    batch = [_tx(world["mart"], i) for i in range(size)]
+    batch = [transaction(world["mart"], i) for i in range(size)]
     r = httpx.post(f"{server.url}/score", json={"transactions": batch}, timeout=10)
     assert 400 <= r.status_code < 500 and "transactions" in r.text, r.text
 
@@ -254,7 +146,7 @@ def test_malformed_json_and_huge_body_are_4xx(server):
 
 
 def test_unknown_customer_and_terminal_get_defaults_and_flags(server, world):
-    tx = _tx(world["mart"], customer_id=10**9, terminal_id=10**9)
+    tx = transaction(world["mart"], customer_id=10**9, terminal_id=10**9)
     r = httpx.post(f"{server.url}/score", json={"transactions": [tx]}, timeout=10)
     assert r.status_code == 200, r.text
     s = r.json()[0]
@@ -265,42 +157,42 @@ def test_unknown_customer_and_terminal_get_defaults_and_flags(server, world):
 
 def test_every_scored_transaction_reaches_the_prediction_log(server, world):
     ids = list(range(700_000, 700_004))
-    batch = [_tx(world["mart"], i, transaction_id=tid) for i, tid in enumerate(ids)]
+    batch = [transaction(world["mart"], i, transaction_id=tid) for i, tid in enumerate(ids)]
     assert httpx.post(f"{server.url}/score", json={"transactions": batch}).status_code == 200
     folder = world["settings"].predictions_dir
-    deadline = time.monotonic() + 20
-    logged: set[int] = set()
-    while time.monotonic() < deadline and not set(ids) <= logged:
+
+    def all_logged() -> bool:
         files = list(folder.rglob("*.parquet"))
-        if files:
-            logged = set(pq.read_table(files).column("transaction_id").to_pylist())
-        time.sleep(0.5)
-    assert set(ids) <= logged
+        logged = pq.read_table(files).column("transaction_id").to_pylist() if files else []
+        return set(ids) <= set(logged)
+
+    wait_for("the batch in the prediction log", all_logged, timeout=20, interval=0.5)
     log = pq.read_table(list(folder.rglob("*.parquet"))).to_pandas()
     row = log[log.transaction_id == ids[0]].iloc[0]
     assert row.model_version == "1" and "feature_customer_nb_tx_1d_now" in log.columns
 
 
+@pytest.mark.usefixtures("champion_restored")
 def test_champion_hot_swap_and_refusal_of_a_broken_version(server, world):
     import mlflow
 
     settings = world["settings"]
     client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    v2 = _register(settings, world["frame"], world["inputs"], scale=2.0)
+    v2 = register_model(settings, world["frame"], world["inputs"], scale=2.0)
     client.set_registered_model_alias(settings.model_name, "champion", v2)
     info = httpx.post(f"{server.url}/reload", json={}, timeout=60).json()
     assert info.get("version") == v2, (info, server.tail())
-    scored = httpx.post(f"{server.url}/score", json={"transactions": [_tx(world["mart"])]})
+    scored = httpx.post(f"{server.url}/score", json={"transactions": [transaction(world["mart"])]})
     assert scored.json()[0]["model_version"] == v2
 
     # A version whose tags do not say what it eats is refused; v2 keeps serving.
-    v3 = _register(settings, world["frame"], world["inputs"], scale=1.0)
+    v3 = register_model(settings, world["frame"], world["inputs"], scale=1.0)
     client.delete_model_version_tag(settings.model_name, v3, "model_inputs")
     client.set_registered_model_alias(settings.model_name, "champion", v3)
     info = httpx.post(f"{server.url}/reload", json={}, timeout=60).json()
     assert info["version"] == v2
     assert f"version {v3} refused" in info["last_reload_error"]
-    scored = httpx.post(f"{server.url}/score", json={"transactions": [_tx(world["mart"])]})
+    scored = httpx.post(f"{server.url}/score", json={"transactions": [transaction(world["mart"])]})
     assert scored.status_code == 200 and scored.json()[0]["model_version"] == v2
     client.set_registered_model_alias(settings.model_name, "champion", "1")
     assert httpx.post(f"{server.url}/reload", json={}, timeout=60).json()["version"] == "1"
@@ -308,7 +200,7 @@ def test_champion_hot_swap_and_refusal_of_a_broken_version(server, world):
 
 def test_api_key_when_configured(world):
     with serve({**world["env"], "FRAUD_SERVING_API_KEY": "s3cret"}) as srv:
-        body = {"transactions": [_tx(world["mart"])]}
+        body = {"transactions": [transaction(world["mart"])]}
         assert httpx.post(f"{srv.url}/score", json=body).status_code == 401
         wrong = httpx.post(f"{srv.url}/score", json=body, headers={"X-API-Key": "nope"})
         assert wrong.status_code == 401 and "X-API-Key" in wrong.text
@@ -346,7 +238,7 @@ def test_deploy_builds_smoke_tests_and_switches_the_running_service(server, worl
     version = str(client.get_model_version_by_alias(settings.model_name, "champion").version)
     tag = build_bento(version)
     assert tag.endswith(f"model-v{version}")
-    score = smoke_test_bento(tag, _tx(world["mart"]))
+    score = smoke_test_bento(tag, transaction(world["mart"]))
     assert score["model_version"] == version
     monkeypatch.setenv("FRAUD_SERVING_PORT", str(server.port))
     info = switch_running_service(load_settings())
@@ -380,6 +272,7 @@ def test_served_score_equals_the_offline_score_for_the_same_state(server, world)
     assert served["fraud_probability"] == pytest.approx(offline_score, abs=1e-6)
 
 
+@pytest.mark.usefixtures("champion_restored")
 def test_hot_swap_under_concurrent_requests_fails_no_request(server, world):
     import concurrent.futures as cf
     import threading
@@ -389,27 +282,44 @@ def test_hot_swap_under_concurrent_requests_fails_no_request(server, world):
     settings = world["settings"]
     client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
     before = httpx.post(f"{server.url}/model_info", json={}).json()["version"]
-    new = _register(settings, world["frame"], world["inputs"], scale=3.0)
+    new = register_model(settings, world["frame"], world["inputs"], scale=3.0)
     stop = threading.Event()
+    seen: list[list[tuple[int, str]]] = [[] for _ in range(4)]  # per client, in order
 
-    def hammer(worker: int) -> list[tuple[int, str]]:
-        seen = []
+    def hammer(worker: int) -> None:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             while not stop.is_set():
-                r = c.post("/score", json={"transactions": [_tx(world["mart"], worker)]})
-                seen.append((r.status_code, r.json()[0]["model_version"] if r.is_success else ""))
-        return seen
+                r = c.post("/score", json={"transactions": [transaction(world["mart"], worker)]})
+                answer = r.json()[0]["model_version"] if r.is_success else ""
+                seen[worker].append((r.status_code, answer))
+
+    def answered_by(version: str, since: list[int]) -> bool:
+        return all(any(v == version for _, v in s[n:]) for s, n in zip(seen, since, strict=True))
 
     with cf.ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(hammer, i) for i in range(4)]
-        time.sleep(1)
+        wait_for(
+            "every client served by the old version",
+            lambda: answered_by(before, [0] * 4),
+            timeout=60,
+            interval=0.05,
+        )
         client.set_registered_model_alias(settings.model_name, "champion", new)
         assert httpx.post(f"{server.url}/reload", json={}, timeout=60).json()["version"] == new
-        time.sleep(1)
+        swapped = [len(s) for s in seen]
+        wait_for(
+            "every client served by the new version",
+            lambda: answered_by(new, swapped),
+            timeout=60,
+            interval=0.05,
+        )
         stop.set()
-        results = [item for f in futures for item in f.result()]
+        for future in futures:
+            future.result()
+    results = [item for s in seen for item in s]
     assert all(status == 200 for status, _ in results), {s for s, _ in results}
-    versions = [v for _, v in results]
-    assert {before, new} <= set(versions)
-    # Once the new version answered, the old one never came back.
-    assert before not in versions[versions.index(new) :] or len(futures) > 1
+    # Each client sends its next request after the previous answer: once the new version
+    # answered a client, the old one never answers it again.
+    for answers in seen:
+        versions = [v for _, v in answers]
+        assert before not in versions[versions.index(new) :]

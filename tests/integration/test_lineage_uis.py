@@ -13,7 +13,6 @@ import datetime as dt
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -27,6 +26,7 @@ from pipelines.platform.mlflow import healthy
 from pipelines.platform.process import wait_until
 from pipelines.transform.dbt import generate_docs, run_dbt_build
 from tests.conftest import free_port
+from tests.waiting import wait_for
 
 FIRST_DAY = dt.date(2018, 4, 1)
 N_DAYS = 4
@@ -175,5 +175,10 @@ def test_down_stops_both_processes(uis):
     docs, feast = uis
     assert docs.down() and feast.down()
     assert docs.process().pid() is None and feast.process().pid() is None
-    time.sleep(0.5)
-    assert not healthy(f"{docs.url}/", timeout=2) and not healthy(f"{feast.url}/health", timeout=2)
+    # The processes are gone; the sockets close with them.
+    wait_for(
+        "both ports to stop answering",
+        lambda: not healthy(f"{docs.url}/", timeout=2) and not healthy(f"{feast.url}/health", 2),
+        timeout=10,
+        interval=0.2,
+    )

@@ -7,7 +7,6 @@ and a fresh database; only ``FRAUD_AIRFLOW_DATABASE_URL`` differs from the embed
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import httpx
 import psutil
@@ -20,6 +19,7 @@ from pipelines.platform.airflow import AirflowServices
 from pipelines.platform.cli import AIRFLOW_HEALTH_KEY, platform_app
 from tests.conftest import free_port
 from tests.production.conftest import pg_url, profile, query
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.airflow
 TODAY = dt.date.today()
@@ -51,15 +51,15 @@ def airflow_pg(tmp_path_factory, fresh_database):
 def api(airflow_pg) -> httpx.Client:
     services, _ = airflow_pg
     with services.client() as client:
-        deadline = time.monotonic() + 120
         # Parsed DAGs appear within the dag-processor's refresh interval.
-        while time.monotonic() < deadline:
-            found = {d: client.get(f"/dags/{d}").status_code for d in (DAG, "build_features")}
-            if all(code == 200 for code in found.values()):
-                break
-            time.sleep(2)
-        else:
-            raise AssertionError(f"DAGs not parsed after 120 s: {found}")
+        wait_for(
+            "the DAGs to be parsed",
+            lambda: all(
+                client.get(f"/dags/{d}").status_code == 200 for d in (DAG, "build_features")
+            ),
+            timeout=120,
+            interval=2,
+        )
         # The raw-lake Asset would wake build_features (dbt + Spark): not what is tested here.
         for dag_id in ("build_features", "ingest_landing"):
             assert client.patch(f"/dags/{dag_id}", json={"is_paused": True}).status_code == 200
@@ -67,13 +67,11 @@ def api(airflow_pg) -> httpx.Client:
 
 
 def _wait_for_runs(api: httpx.Client, run_ids: list[str], timeout: float = 240) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def finished() -> list[dict] | None:
         runs = [api.get(f"/dags/{DAG}/dagRuns/{r}").json() for r in run_ids]
-        if all(r["state"] in ("success", "failed") for r in runs):
-            return runs
-        time.sleep(1)
-    raise AssertionError(f"runs not finished after {timeout}s: {[r['state'] for r in runs]}")
+        return runs if all(r["state"] in ("success", "failed") for r in runs) else None
+
+    return wait_for(f"{DAG} runs {run_ids} to end", finished, timeout)
 
 
 def test_metadata_lives_in_postgres_and_the_scheduler_uses_the_local_executor(airflow_pg, api):
