@@ -5,13 +5,20 @@ from __future__ import annotations
 import datetime as dt
 
 from pipelines.config import Settings, load_settings
+from pipelines.training import tracking
 
 
 def initialise(settings: Settings) -> Settings:
-    """Create the runtime folders and pin the history start; returns the reloaded settings.
+    """Create the runtime folders, pin the history start and create the embedded tracking
+    store; returns the reloaded settings.
 
     The history start is fixed once (today - history_days) in ``runtime.env`` so that the
     ingest DAG's ``start_date`` is the same at every parse, today and next month.
+
+    The embedded (SQLite) MLflow store is created here, before the services that share it
+    start: processes opening a new SQLite store at the same moment race to create its schema
+    and one fails ("table _alembic_tmp_experiments already exists"). A server store (the
+    production profile) belongs to its MLflow server.
     """
     for folder in (settings.home, settings.data_dir, settings.landing_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -19,4 +26,7 @@ def initialise(settings: Settings) -> Settings:
         start = dt.date.today() - dt.timedelta(days=settings.history_days)
         with open(settings.runtime_env_file, "a") as fh:
             fh.write(f"FRAUD_HISTORY_START={start.isoformat()}\n")
-    return load_settings()
+    settings = load_settings()
+    if settings.tracking_uri.startswith("sqlite:///"):
+        tracking.experiment_id(settings)
+    return settings

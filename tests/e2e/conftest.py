@@ -12,6 +12,7 @@ import pytest
 
 from pipelines.config import get_settings, load_settings
 from pipelines.platform.airflow import AirflowServices
+from pipelines.platform.runtime import initialise
 from pipelines.platform.scoring import BentoProcess
 from tests.conftest import SMALL_WORLD, free_port
 from tests.e2e.serving_world import build_serving_world, serve
@@ -58,7 +59,7 @@ def running_airflow(home, history_days: int = 2, **env: str) -> Iterator[Airflow
         }
         for key, value in values.items():
             mp.setenv(key, value)
-        services = AirflowServices(load_settings())
+        services = AirflowServices(initialise(load_settings()))  # as `make up` starts
         try:
             services.up(timeout=240)
             yield services

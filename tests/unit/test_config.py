@@ -41,6 +41,17 @@ def test_first_start_pins_history_start_once(make_settings, monkeypatch):
     assert pinned.runtime_env_file.read_text().count("FRAUD_HISTORY_START") == 1
 
 
+def test_first_start_creates_the_embedded_tracking_store(settings):
+    from pipelines.training import tracking
+
+    assert not settings.mlflow_dir.exists()
+    initialise(settings)
+    # Schema and experiment exist before any service opens the store (no creation race).
+    experiment = tracking.client(settings).get_experiment_by_name(settings.mlflow_experiment)
+    assert experiment is not None
+    assert experiment.artifact_location == (settings.mlflow_dir / "artifacts").as_uri()
+
+
 def test_readme_documents_every_setting():
     from pipelines.config import PROJECT_ROOT, Settings
 
