@@ -100,10 +100,17 @@ class MlflowServer:
         return ManagedProcess("mlflow-server", command, self.home / "run", self.home / "logs")
 
     def up(self, timeout: float = 120.0) -> None:
-        """Start the server unless it runs (it creates its tables) and wait for ``/health``."""
+        """Start the server unless it runs (it creates its tables) and wait for ``/health``;
+        a server that does not get there is stopped before the ``RuntimeError``."""
         proc = self.process()
-        proc.start(server_env(), cwd=self.home)
+        pid = proc.start(server_env(), cwd=self.home)
+        try:
+            self._wait_ready(proc, timeout)
+        except BaseException:
+            proc.stop(pid=pid)
+            raise
 
+    def _wait_ready(self, proc: ManagedProcess, timeout: float) -> None:
         def ready_or_dead() -> bool:
             if not proc.is_running():
                 tail = proc.log_file.read_text(errors="replace").splitlines()[-15:]

@@ -71,9 +71,13 @@ class ManagedProcess:
         self.pid_file.write_text(json.dumps(record))
         return proc.pid
 
-    def stop(self, timeout: float = 20.0) -> bool:
-        """SIGTERM the process group, SIGKILL what is left after ``timeout``; True if it ran."""
-        pid = self.pid()
+    def stop(self, timeout: float = 20.0, pid: int | None = None) -> bool:
+        """SIGTERM the process group, SIGKILL what is left after ``timeout``; True if it ran.
+
+        ``pid`` (what ``start`` returned) stops that process even when its PID file no longer
+        vouches for it, as when a caller gives up on a process it has just started.
+        """
+        pid = self.pid() or (pid if pid is not None and psutil.pid_exists(pid) else None)
         if pid is None:
             return False
         try:

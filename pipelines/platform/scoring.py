@@ -46,11 +46,14 @@ class ScoringService:
         return ManagedProcess("bentoml-serve", command, s.home / "run", s.home / "logs")
 
     def up(self, timeout: float = 120.0) -> None:
-        """Start it and wait until it is alive (ready only once a champion exists)."""
+        """Start it and wait until it is alive (ready only once a champion exists). One that
+        is not alive in time is stopped (its supervisor would restart a crashing worker
+        forever), then a ``RuntimeError`` names its log."""
         env = {**os.environ, "FRAUD_HOME": str(self.settings.home), "BENTOML_DO_NOT_TRACK": "True"}
         proc = self.process()
-        proc.start(env, cwd=PROJECT_ROOT)
+        pid = proc.start(env, cwd=PROJECT_ROOT)
         if not wait_until(lambda: healthy(f"{self.url}/livez"), timeout=timeout, interval=1.0):
+            proc.stop(pid=pid)
             raise RuntimeError(f"scoring API not alive after {timeout:.0f}s: {proc.log_file}")
 
     def ready(self) -> bool:

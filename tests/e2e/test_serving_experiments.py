@@ -49,8 +49,8 @@ def registry(serving_world, tmp_path_factory) -> MlflowServer:
         artifacts_destination=str(home / "artifacts"),
         port=free_port(),
     )
-    server.up()
     try:
+        server.up()
         yield server
     finally:
         server.down()
