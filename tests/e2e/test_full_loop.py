@@ -39,6 +39,7 @@ from pipelines.platform.scoring import ScoringService
 from pipelines.training.bootstrap import BOOTSTRAP_RUN_ID
 from tests.conftest import free_port
 from tests.e2e.conftest import failure_report, running_airflow, wait_for_run
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -74,8 +75,8 @@ def system(tmp_path_factory):
     env = {**ENV, "FRAUD_SERVING_PORT": str(free_port())}
     with running_airflow(home, HISTORY_DAYS, **env) as airflow:
         scoring = ScoringService(airflow.settings)
-        scoring.up()  # as `make up` does: alive, not ready until a champion exists
         try:
+            scoring.up()  # as `make up` does: alive, not ready until a champion exists
             with airflow.client() as api:
                 yield airflow, scoring, api
         finally:
@@ -111,23 +112,13 @@ def page():
         browser.close()
 
 
-def _wait_for(describe: str, probe, timeout: float, interval: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {describe}")
-
-
 def _run(api: httpx.Client, dag_id: str, run_id: str) -> dict | None:
     response = api.get(f"/dags/{dag_id}/dagRuns/{run_id}")
     return response.json() if response.status_code == 200 else None
 
 
 def _wait_for_success(api: httpx.Client, dag_id: str, run_id: str, timeout: float) -> dict:
-    run = _wait_for(f"{dag_id} run {run_id}", lambda: _run(api, dag_id, run_id), timeout)
+    run = wait_for(f"{dag_id} run {run_id}", lambda: _run(api, dag_id, run_id), timeout)
     run = wait_for_run(api, dag_id, run_id, timeout=timeout)
     assert run["state"] == "success", failure_report(api, dag_id, run_id)
     return run
@@ -147,7 +138,7 @@ def _wait_for_next_success(api: httpx.Client, dag_id: str, after: str | None, ti
         assert not failed, "\n".join(failure_report(api, dag_id, r["dag_run_id"]) for r in failed)
         return next((r for r in runs if r["state"] == "success"), None)
 
-    return _wait_for(f"a successful {dag_id} run after {after}", probe, timeout)
+    return wait_for(f"a successful {dag_id} run after {after}", probe, timeout)
 
 
 def _champion_version(settings) -> str | None:
@@ -190,15 +181,81 @@ def test_a_fresh_system_trains_deploys_and_serves_its_first_model_by_itself(syst
 
     deployed = _wait_for_next_success(api, "deploy_model", None, timeout=600)
     assert deployed["run_type"] == "asset_triggered"
-    _wait_for("the scoring API to be ready", scoring.ready, timeout=120, interval=2)
+    wait_for("the scoring API to be ready", scoring.ready, timeout=120, interval=2)
     score = _served(scoring, airflow.settings)
     assert score["model_version"] == version
     assert 0.0 <= score["fraud_probability"] <= 1.0
     print(f"\nfirst served prediction {time.monotonic() - started:.0f}s after Airflow was up")
 
 
+def _monitor(api: httpx.Client, day: dt.date) -> dict:
+    """A manual monitor_drift run for ``day`` (as the UI's Trigger with a ``day``), finished."""
+    created = api.post(
+        "/dags/monitor_drift/dagRuns",
+        json={"logical_date": None, "conf": {"day": day.isoformat()}},
+    )
+    assert created.status_code == 200, created.text
+    return _wait_for_success(api, "monitor_drift", created.json()["dag_run_id"], timeout=600)
+
+
+def _task(api: httpx.Client, dag_id: str, run_id: str, task_id: str) -> dict:
+    response = api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+    response.raise_for_status()
+    return response.json()
+
+
+def _rerun_retrain_decisions(api: httpx.Client, runs: list[dict]) -> None:
+    """Clear the ``retrain`` task of each monitor run (as an operator would from the UI) and
+    wait until each has decided again."""
+    tries = {}
+    for run in runs:
+        tries[run["dag_run_id"]] = _task(api, "monitor_drift", run["dag_run_id"], "retrain")[
+            "try_number"
+        ]
+        cleared = api.post(
+            "/dags/monitor_drift/clearTaskInstances",
+            json={
+                "dry_run": False,
+                "only_failed": False,
+                "task_ids": ["retrain"],
+                "dag_run_id": run["dag_run_id"],
+            },
+        )
+        assert cleared.status_code == 200, cleared.text
+
+    def decided_again() -> bool:
+        for run_id, before in tries.items():
+            ti = _task(api, "monitor_drift", run_id, "retrain")
+            if ti["try_number"] <= before or ti["state"] not in ("success", "skipped", "failed"):
+                return False
+        return True
+
+    wait_for("the cleared retrain decisions", decided_again, timeout=300, interval=2)
+
+
+def _retrain_verdicts(api: httpx.Client, run_id: str) -> list[str]:
+    """What the retrain task of a monitor run logged about its decision, try by try."""
+    verdicts = []
+    for try_number in range(1, _task(api, "monitor_drift", run_id, "retrain")["try_number"] + 1):
+        response = api.get(
+            f"/dags/monitor_drift/dagRuns/{run_id}/taskInstances/retrain/logs/{try_number}"
+        )
+        if response.status_code != 200:
+            continue
+        for entry in response.json().get("content", []):
+            event = entry.get("event", "") if isinstance(entry, dict) else str(entry)
+            if event.startswith("retrain for"):
+                verdicts.append(event)
+    return verdicts
+
+
 @pytest.mark.timeout(1800)
-def test_drift_retrains_and_the_service_moves_to_the_new_champion(system):
+def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
+    """Today drifts. The monitor decides ``retrain`` six times — a run, a rerun of the same day
+    as a new run, and each run's ``retrain`` task cleared twice (while the training runs, and
+    after it) — and exactly one ``train_model`` run follows; it passes the gate and the service
+    answers with the new version."""
+    from pipelines.monitoring.metrics_table import read_metrics
     from pipelines.monitoring.reference import load_champion
     from pipelines.monitoring.retrain import retrain_run_id
 
@@ -219,23 +276,40 @@ def test_drift_retrains_and_the_service_moves_to_the_new_champion(system):
     # The Asset event fires when the ingest task ends, before the ingest run is marked done.
     _wait_for_next_success(api, "build_features", ingest["start_date"], timeout=600)
 
-    created = api.post(
-        "/dags/monitor_drift/dagRuns",
-        json={"logical_date": None, "conf": {"day": TODAY.isoformat()}},
-    )
-    assert created.status_code == 200, created.text
-    monitor = _wait_for_success(api, "monitor_drift", created.json()["dag_run_id"], timeout=600)
-    tis = api.get(f"/dags/monitor_drift/dagRuns/{monitor['dag_run_id']}/taskInstances").json()[
-        "task_instances"
-    ]
-    states = {ti["task_id"]: ti["state"] for ti in tis}
-    assert states["retrain"] == "success", states  # the branch taken, and the trigger fired
+    first = _monitor(api, TODAY)
+    assert _task(api, "monitor_drift", first["dag_run_id"], "retrain")["state"] == "success"
+    rerun = _monitor(api, TODAY)  # the same interval again, as a new run: no second training
+    decisions = [first, rerun]
+    for run in decisions:
+        for branch in ("continue", "warn"):
+            assert _task(api, "monitor_drift", run["dag_run_id"], branch)["state"] == "skipped"
+    assert _task(api, "monitor_drift", rerun["dag_run_id"], "retrain")["state"] == "skipped"
+    _rerun_retrain_decisions(api, decisions)  # while the training is queued or running
 
     retrain = _wait_for_success(api, "train_model", retrain_run_id(TODAY), timeout=1200)
     assert retrain["conf"]["source"] == "monitor_drift"
+    assert retrain["conf"]["reason"].startswith("drift ")
     assert "tx_amount" in retrain["conf"]["drifted_columns"]
     after = _champion_version(settings)
     assert after is not None and int(after) > int(before), "the retrain did not pass the gate"
+
+    _rerun_retrain_decisions(api, decisions)  # after the training: the cooldown holds
+    verdicts = [v for run in decisions for v in _retrain_verdicts(api, run["dag_run_id"])]
+    print("\nretrain decisions:\n  " + "\n  ".join(verdicts))
+    assert len(verdicts) == 6
+    assert sum("no training running" in v for v in verdicts) == 1
+    trainings = [
+        r for r in _runs_after(api, "train_model", None) if r["dag_run_id"] != BOOTSTRAP_RUN_ID
+    ]
+    assert [r["dag_run_id"] for r in trainings] == [retrain_run_id(TODAY)], trainings
+    for run in decisions:
+        assert _task(api, "monitor_drift", run["dag_run_id"], "retrain")["state"] == "skipped"
+    # Each monitor run left its decision in the metrics table and today's report.
+    table = read_metrics(settings, TODAY, TODAY, latest_run_only=False)
+    today = table[table["kind"] == "decision"]
+    assert len(today) == 2 and set(today["action"]) == {"retrain"}, today
+    reports = settings.data_dir / "monitoring" / "reports" / f"date={TODAY}"
+    assert (reports / "transactions-latest.html").exists()
 
     _wait_for_next_success(api, "deploy_model", last_deploy, timeout=600)
     score = _served(scoring, settings)
@@ -285,7 +359,7 @@ def _wait_until_idle(api: httpx.Client, dag_id: str, timeout: float = 600) -> No
         runs = api.get(f"/dags/{dag_id}/dagRuns", params={"state": ["queued", "running"]})
         return runs.json()["total_entries"] == 0
 
-    _wait_for(f"no {dag_id} run in progress", idle, timeout, interval=3)
+    wait_for(f"no {dag_id} run in progress", idle, timeout, interval=3)
 
 
 def test_a_bad_batch_stops_build_features_before_spark(system):
@@ -401,16 +475,13 @@ def test_in_a_browser_login_trigger_with_params_and_watch_the_run_succeed(system
     page.screenshot(path=ARTIFACTS / "02-trigger-dialog.png")
     page.get_by_test_id("trigger-dag-submit").click()
 
-    deadline = time.monotonic() + 240
-    manual: list[dict] = []
-    while time.monotonic() < deadline:
+    def finished_manual_run() -> dict | None:
         runs = api.get("/dags/ingest_transactions/dagRuns").json()["dag_runs"]
         manual = [r for r in runs if r["run_type"] == "manual" and r["dag_run_id"] not in before]
-        if manual and manual[-1]["state"] in ("success", "failed"):
-            break
-        time.sleep(2)
-    assert manual, "the Trigger dialog created no run"
-    run = manual[-1]
+        done = manual and manual[-1]["state"] in ("success", "failed")
+        return manual[-1] if done else None
+
+    run = wait_for("the run the Trigger dialog created", finished_manual_run, 240, interval=2)
     assert run["conf"] == {"day": day}
     assert run["state"] == "success"
     path = part_path(airflow.settings.raw_transactions_dir, dt.date.fromisoformat(day), "simulated")

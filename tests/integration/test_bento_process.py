@@ -1,4 +1,4 @@
-"""BentoProcess: a server that cannot start is reported with its log, and nothing is left."""
+"""A scoring server that cannot start (or is given up on) is reported, and nothing is left."""
 
 from __future__ import annotations
 
@@ -22,3 +22,17 @@ def test_a_target_that_does_not_import_fails_fast_with_its_log(tmp_path):
     assert log.name.startswith("no_such_module-NoService-")
     left = {p.pid for p in psutil.Process().children(recursive=True)} - before
     assert not left
+
+
+def test_a_scoring_api_not_alive_in_time_is_stopped(make_settings):
+    """``make up``'s detached service: given up on, it leaves no supervisor or worker behind."""
+    from pipelines.platform.scoring import ScoringService
+    from tests.conftest import free_port
+
+    service = ScoringService(make_settings(serving_port=free_port()))
+    before = {p.pid for p in psutil.process_iter()}
+    with pytest.raises(RuntimeError, match="not alive after"):
+        service.up(timeout=0.1)  # far less than a cold start
+    assert service.process().pid() is None
+    started = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before]
+    assert not [p for p in started if "bentoml" in " ".join(p.info["cmdline"] or [])]
