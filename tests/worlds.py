@@ -6,7 +6,8 @@ It is the smallest world the handbook protocol fits in: test 05-08 .. 05-14, tra
 04-24 .. 04-30, model selection from 04-10, and the ingest of 05-21 brings the last test labels.
 
 The built home is never written after the build. A test module that writes (a registry, an
-Optuna study, the online store, the prediction log) works on its own copy (``world_copy``).
+Optuna study, the online store, the prediction log) works on its own copy (``world_copy``),
+which gets a Feast registry and online store of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import datetime as dt
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -47,18 +48,29 @@ def world_env(home: Path, **extra: object) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def world_settings(home: Path, **extra: object) -> Iterator[Settings]:
-    """The settings of the world on ``home``, its variables set in os.environ while inside
-    (Feast reads them when it imports ``feature_repo/``; subprocesses inherit them)."""
+def settings_from_env(values: Mapping[str, object]) -> Iterator[Settings]:
+    """The settings of ``values`` (FRAUD_* variables), set in os.environ while inside.
+
+    Feast reads the settings of the environment when it imports ``feature_repo/`` (apply),
+    and subprocesses (Airflow components, servers) inherit it: both need the variables set,
+    not just the Settings object.
+    """
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in world_env(home, **extra).items():
-            mp.setenv(key, value)
+        for key, value in values.items():
+            mp.setenv(key, str(value))
         get_settings.cache_clear()
         try:
             yield load_settings()
         finally:
             get_settings.cache_clear()
     get_settings.cache_clear()
+
+
+@contextlib.contextmanager
+def world_settings(home: Path, **extra: object) -> Iterator[Settings]:
+    """The settings of the world on ``home``, its variables set while inside."""
+    with settings_from_env(world_env(home, **extra)) as settings:
+        yield settings
 
 
 def build_world(home: Path) -> Path:
@@ -94,13 +106,25 @@ def _relocate_tracking(database: Path, source: Path, target: Path) -> None:
 def world_copy(source: Path, target: Path, **extra: object) -> Iterator[Settings]:
     """A writable copy of the built world ``source`` on ``target``, with its settings.
 
-    Feast's registry records the offline sources' absolute paths, so the copy applies the
-    definitions again (the copied online store keeps its rows); MLflow's paths are rewritten.
+    The lake, the mart, the feature tables and the warehouse are copied, MLflow's absolute
+    paths rewritten. Feast's registry and online store are not: the registry records the
+    absolute paths of the sources and of the online store's tables, and an apply in a copy
+    would drop the original's tables. The copy applies the definitions to a registry of its
+    own; a test that reads online features materializes first (``store.materialize_latest``).
     """
     from pipelines.featurestore import store
 
-    shutil.copytree(source, target, dirs_exist_ok=True)
+    shutil.copytree(source, target, dirs_exist_ok=True, ignore=_not_feast(source))
     _relocate_tracking(target / "mlflow" / "mlflow.db", source, target)
     with world_settings(target, **extra) as settings:
         store.apply(settings)
         yield settings
+
+
+def _not_feast(source: Path):
+    feast_dir = source / "feast"
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        return ["feast"] if Path(folder) == source and feast_dir.is_dir() else []
+
+    return ignore

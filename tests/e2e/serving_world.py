@@ -85,13 +85,14 @@ def register_model(settings: Settings, frame: pd.DataFrame, inputs: list[str], s
 
 
 def build_serving_world(shared_world: Path, home: Path) -> dict:
-    """Copy the shared world to ``home``, register version 1 as the champion; returns what
-    the tests use: settings, the environment of the servers, the labelled training frame, the
-    model inputs and the mart."""
+    """Copy the shared world to ``home``, load its online store, register version 1 as the
+    champion; returns what the tests use: settings, the environment of the servers, the
+    labelled training frame, the model inputs and the mart."""
     import mlflow
 
     extra = {**ENV, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(home / "bentoml")}
     with world_copy(shared_world, home, **extra) as settings:
+        store.materialize_latest(settings)
         mart = pq.read_table(mart_file(settings)).to_pandas()
         labelled = mart[mart.tx_fraud.notna()]
         features = store.historical_features(settings, store.training_entities(labelled))

@@ -27,8 +27,8 @@ WINDOWS = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
 
 @pytest.fixture(scope="module")
 def built(shared_world, tmp_path_factory) -> Iterator[Settings]:
-    """A copy of the shared world (built through dbt, Spark, feast apply, materialization):
-    the online tests materialize and push into it."""
+    """A copy of the shared world (built through dbt, Spark and feast apply): the online
+    tests materialize and push into its own online store."""
     with world_copy(shared_world, tmp_path_factory.mktemp("feast")) as settings:
         yield settings
 

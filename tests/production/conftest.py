@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import Settings, get_settings, load_settings
+from pipelines.config import Settings
 from tests import worlds
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
@@ -59,21 +59,10 @@ def query(database: str, sql: str) -> list[tuple]:
 
 @contextlib.contextmanager
 def profile(**env: str | Path) -> Iterator[Settings]:
-    """Settings of a profile given as FRAUD_* variables, set in os.environ while inside.
-
-    Feast reads the settings of the environment when it imports feature_repo/ (apply), and
-    Airflow components inherit the environment: both need the variables set, not just the
-    Settings object.
-    """
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {**BASE_ENV, **env}.items():
-            mp.setenv(key, str(value))
-        get_settings.cache_clear()
-        try:
-            yield load_settings()
-        finally:
-            get_settings.cache_clear()
-    get_settings.cache_clear()
+    """Settings of a profile given as FRAUD_* variables (over the world's size and calendar),
+    set in os.environ while inside."""
+    with worlds.settings_from_env({**BASE_ENV, **env}) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="session")
