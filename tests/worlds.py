@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import shutil
-import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -84,47 +83,20 @@ def build_world(home: Path) -> Path:
     return home
 
 
-def _relocate_tracking(database: Path, source: Path, target: Path) -> None:
-    """Point the copied MLflow store's artifact paths at the copy (they are absolute)."""
-    if not database.exists():
-        return
-    old, new = f"{source}/", f"{target}/"
-    with contextlib.closing(sqlite3.connect(database)) as con, con:
-        tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
-        for table in tables:
-            for column in con.execute(f'pragma table_info("{table}")').fetchall():
-                name, kind = column[1], column[2].upper()
-                if "CHAR" in kind or "TEXT" in kind:
-                    con.execute(
-                        f'update "{table}" set "{name}" = replace("{name}", ?, ?) '
-                        f'where "{name}" like ?',
-                        (old, new, f"%{old}%"),
-                    )
-
-
 @contextlib.contextmanager
 def world_copy(source: Path, target: Path, **extra: object) -> Iterator[Settings]:
     """A writable copy of the built world ``source`` on ``target``, with its settings.
 
-    The lake, the mart, the feature tables and the warehouse are copied, MLflow's absolute
-    paths rewritten. Feast's registry and online store are not: the registry records the
-    absolute paths of the sources and of the online store's tables, and an apply in a copy
-    would drop the original's tables. The copy applies the definitions to a registry of its
-    own; a test that reads online features materializes first (``store.materialize_latest``).
+    The lake, the mart, the feature tables and the warehouse are copied. Feast's registry and
+    online store are not: the registry records the absolute paths of the sources and of the
+    online store's tables, and an apply in a copy would drop the original's tables. The copy
+    applies the definitions to a registry of its own; a test that reads online features
+    materializes first (``store.materialize_latest``).
     """
     from pipelines.featurestore import store
 
-    shutil.copytree(source, target, dirs_exist_ok=True, ignore=_not_feast(source))
-    _relocate_tracking(target / "mlflow" / "mlflow.db", source, target)
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    shutil.rmtree(target / "feast", ignore_errors=True)
     with world_settings(target, **extra) as settings:
         store.apply(settings)
         yield settings
-
-
-def _not_feast(source: Path):
-    feast_dir = source / "feast"
-
-    def ignore(folder: str, names: list[str]) -> list[str]:
-        return ["feast"] if Path(folder) == source and feast_dir.is_dir() else []
-
-    return ignore

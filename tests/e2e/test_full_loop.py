@@ -252,9 +252,9 @@ def _retrain_verdicts(api: httpx.Client, run_id: str) -> list[str]:
 @pytest.mark.timeout(1800)
 def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
     """Today drifts. The monitor decides ``retrain`` six times — a run, a rerun of the same day
-    as a new run, and each run's ``retrain`` task cleared twice (while the training runs, and
-    after it) — and exactly one ``train_model`` run follows; it passes the gate and the service
-    answers with the new version."""
+    as a new run, and each run's ``retrain`` task cleared twice (soon after the trigger, and
+    after the training ended) — and exactly one ``train_model`` run follows; it passes the gate
+    and the service answers with the new version."""
     from pipelines.monitoring.metrics_table import read_metrics
     from pipelines.monitoring.reference import load_champion
     from pipelines.monitoring.retrain import retrain_run_id
@@ -284,7 +284,7 @@ def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
         for branch in ("continue", "warn"):
             assert _task(api, "monitor_drift", run["dag_run_id"], branch)["state"] == "skipped"
     assert _task(api, "monitor_drift", rerun["dag_run_id"], "retrain")["state"] == "skipped"
-    _rerun_retrain_decisions(api, decisions)  # while the training is queued or running
+    _rerun_retrain_decisions(api, decisions)  # soon after the trigger: normally still training
 
     retrain = _wait_for_success(api, "train_model", retrain_run_id(TODAY), timeout=1200)
     assert retrain["conf"]["source"] == "monitor_drift"
