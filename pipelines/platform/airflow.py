@@ -107,7 +107,9 @@ class AirflowServices:
                 "FRAUD_HOME": str(s.home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                # LocalExecutor with the tasks' libraries imported before it forks its workers
+                # (pipelines/platform/executor.py): a task starts in 0.4 s instead of ~10 s.
+                "AIRFLOW__CORE__EXECUTOR": "pipelines.platform.executor.PreloadedLocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": str(s.airflow_parallelism),
                 # Scheduled DAGs run from the first start, without a click in the UI.
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",

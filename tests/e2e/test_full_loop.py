@@ -423,6 +423,9 @@ def test_trigger_with_a_day_param_as_the_ui_does(system):
     airflow, _, api = system
     day = TODAY.isoformat()  # not a scheduled interval yet
     assert api.patch("/dags/ingest_transactions", json={"is_paused": False}).status_code == 200
+    # The feature path on a new raw-lake Asset event was checked above; here (and in the
+    # browser) only the ingest is, and a Spark build beside it would only take the CPU.
+    assert api.patch("/dags/build_features", json={"is_paused": True}).status_code == 200
     created = api.post(
         "/dags/ingest_transactions/dagRuns",
         json={"logical_date": None, "conf": {"day": day}},

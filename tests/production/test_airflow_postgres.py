@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from pipelines.lake import part_path
 from pipelines.platform.airflow import AirflowServices
 from pipelines.platform.cli import AIRFLOW_HEALTH_KEY, platform_app
+from pipelines.platform.executor import PRELOADED_MODULES
 from tests.conftest import free_port
 from tests.production.conftest import pg_url, profile, query
 from tests.waiting import wait_for
@@ -83,7 +84,21 @@ def test_metadata_lives_in_postgres_and_the_scheduler_uses_the_local_executor(ai
     )
     assert running == [(1,)]
     scheduler = next(p for p in services.processes() if p.name == "airflow-scheduler")
-    assert "Loaded executor: :LocalExecutor:" in scheduler.log_file.read_text()
+    log = scheduler.log_file.read_text()
+    assert "Loaded executor: ::pipelines.platform.executor.PreloadedLocalExecutor" in log, log
+    # Every module imported in the scheduler before the workers forked: none left to the tasks.
+    assert f"preloaded {len(PRELOADED_MODULES)} modules for the task processes" in log, log
+    # The executor's workers (one per slot), which fork the tasks, hold the libraries already.
+    children = psutil.Process(scheduler.pid()).children()
+    warm = [c for c in children if _has_libtorch(c)]
+    assert len(warm) >= services.settings.airflow_parallelism, children
+
+
+def _has_libtorch(process: psutil.Process) -> bool:
+    try:
+        return any("libtorch_cpu" in m.path for m in process.memory_maps())
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_two_dag_runs_execute_in_parallel(airflow_pg, api):
