@@ -84,10 +84,18 @@ def test_metadata_lives_in_postgres_and_the_scheduler_uses_the_local_executor(ai
     )
     assert running == [(1,)]
     scheduler = next(p for p in services.processes() if p.name == "airflow-scheduler")
-    log = scheduler.log_file.read_text()
+    preloaded = "modules for the task processes"
+
+    # The scheduler is healthy before its executor starts: the preload line comes up to ~30 s
+    # after `up` returns on a busy machine.
+    def log_with_preload() -> str | None:
+        text = scheduler.log_file.read_text()
+        return text if preloaded in text else None
+
+    log = wait_for("the executor to report its preload", log_with_preload, timeout=180)
     assert "Loaded executor: ::pipelines.platform.executor.PreloadedLocalExecutor" in log, log
     # Every module imported in the scheduler before the workers forked: none left to the tasks.
-    assert f"preloaded {len(PRELOADED_MODULES)} modules for the task processes" in log, log
+    assert f"preloaded {len(PRELOADED_MODULES)} {preloaded}" in log, log
     # The executor's workers (one per slot), which fork the tasks, hold the libraries already.
     children = psutil.Process(scheduler.pid()).children()
     warm = [c for c in children if _has_libtorch(c)]
