@@ -3,17 +3,19 @@ terminal's labels, after each label arrival).
 
 Training joins them as of just *before* each transaction (its timestamp minus 1 µs) and serving
 reads the latest online row: both see the state after the previous transaction, and the
-on-demand view adds the transaction being scored in the same code. No training/serving skew.
+on-demand view adds the transaction being scored in the same code. The customer's state and
+the (customer, terminal) pair's are also streamed: serving pushes the state after every scored
+payment (``serving/stream.py``), so the next payment of the card reads it at once.
 """
 
 from datetime import timedelta
 
 from entities import customer, terminal
 from feast import FeatureView, Field
-from feast.types import Float64, Int64
+from feast.types import Array, Float64, Int64
 from sources import (
     customer_state_push,
-    customer_terminal_source,
+    customer_terminal_push,
     terminal_labels_source,
     terminal_state_source,
 )
@@ -25,15 +27,16 @@ customer_state = FeatureView(
     entities=[customer],
     # Older than the longest window, the state says nothing about the present.
     ttl=timedelta(days=30),
+    # The payments themselves, not window counts: a count cannot tell which of its payments
+    # have left the window by the next one; the on-demand view counts exactly at any instant.
     schema=[
-        *(Field(name=f"customer_nb_tx_{n}d", dtype=Int64) for n in WINDOWS),
-        *(Field(name=f"customer_avg_amount_{n}d", dtype=Float64) for n in WINDOWS),
-        Field(name="customer_nb_tx_1h", dtype=Int64),
-        Field(name="customer_last_tx_unix", dtype=Int64),
+        Field(name="customer_recent_tx_id", dtype=Array(Int64)),
+        Field(name="customer_recent_tx_unix", dtype=Array(Int64)),
+        Field(name="customer_recent_tx_amount", dtype=Array(Float64)),
     ],
     source=customer_state_push,
     online=True,
-    description="Customer spending windows as of (and including) their latest transaction.",
+    description="The customer's payments of the last 30 days, as of their latest payment.",
 )
 
 terminal_state = FeatureView(
@@ -70,7 +73,7 @@ customer_terminal_history = FeatureView(
     entities=[customer, terminal],
     ttl=timedelta(days=30),  # no row within 30 days = a terminal new to this customer
     schema=[Field(name="pair_last_tx_unix", dtype=Int64)],
-    source=customer_terminal_source,
+    source=customer_terminal_push,
     online=True,
     description="When the customer last paid at this terminal.",
 )

@@ -42,9 +42,13 @@ customer_terminal_source = _spark_table(
     "Last use of each (customer, terminal) pair.",
 )
 
-# Serving pushes the customer's new state after each scored transaction, so the online store
-# stays fresh (velocity above all) between two materializations; offline it is the Spark table.
+# Serving pushes the customer's and the pair's new state after each scored payment
+# (serving/stream.py), so the next payment of the card sees it (velocity above all) between two
+# materializations; offline they are the Spark tables.
 customer_state_push = PushSource(name="customer_state_push", batch_source=customer_state_source)
+customer_terminal_push = PushSource(
+    name="customer_terminal_push", batch_source=customer_terminal_source
+)
 
 # What only the request knows: the transaction being scored.
 transaction_request = RequestSource(

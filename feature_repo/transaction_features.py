@@ -39,6 +39,11 @@ def transaction_features(inputs: dict[str, Any]) -> dict[str, Any]:
 
     day = 86_400
     max_gap = 30 * day  # "no previous transaction" reads as the longest window
+    windows = (("1d", day), ("7d", 7 * day), ("30d", 30 * day), ("1h", 3600))
+
+    def payments(values: Any) -> list:
+        # No state: None online, None or NaN offline; arrays come as lists or numpy arrays.
+        return [] if values is None or isinstance(values, float) else list(values)
 
     out: dict[str, list] = {
         k: []
@@ -63,20 +68,29 @@ def transaction_features(inputs: dict[str, Any]) -> dict[str, Any]:
         when = dt.datetime.fromtimestamp(now, dt.UTC)
         out["tx_during_weekend"].append(int(when.weekday() >= 5))
         out["tx_during_night"].append(int(when.hour <= 6))
-        last = inputs["customer_last_tx_unix"][i]
-        gap = None if last is None else max(now - int(last), 0)
-        for n, window in (("1d", day), ("7d", 7 * day), ("30d", 30 * day), ("1h", 3600)):
-            prev_nb = inputs[f"customer_nb_tx_{n}"][i]
-            in_window = gap is not None and gap < window and prev_nb is not None
-            nb = int(prev_nb) + 1 if in_window else 1
+        # The card's payments up to now (a payment scored late must not see later ones). Each
+        # window is (now - n, now] on whole seconds, the scored payment included, as in Spark.
+        earlier = [
+            (int(u), float(a))
+            for u, a in zip(
+                payments(inputs["customer_recent_tx_unix"][i]),
+                payments(inputs["customer_recent_tx_amount"][i]),
+                strict=True,
+            )
+            if u <= now
+        ]
+        gap = now - max(u for u, _ in earlier) if earlier else None
+        others_30d = None
+        for n, window in windows:
+            inside = [a for u, a in earlier if u > now - window]
+            nb = len(inside) + 1
             out[f"customer_nb_tx_{n}_now"].append(nb)
             if n != "1h":
-                prev_avg = inputs[f"customer_avg_amount_{n}"][i]
-                avg = (prev_avg * (nb - 1) + amount) / nb if in_window else amount
-                out[f"customer_avg_amount_{n}_now"].append(float(avg))
-        prev_avg_30 = inputs["customer_avg_amount_30d"][i]
-        usual = gap is not None and gap < 30 * day and prev_avg_30 is not None and prev_avg_30 > 0
-        out["customer_amount_ratio_30d"].append(float(amount / prev_avg_30) if usual else 1.0)
+                out[f"customer_avg_amount_{n}_now"].append((sum(inside) + amount) / nb)
+            if n == "30d":
+                others_30d = inside
+        usual = sum(others_30d) / len(others_30d) if others_30d else 0.0
+        out["customer_amount_ratio_30d"].append(float(amount / usual) if usual > 0 else 1.0)
         out["customer_seconds_since_prev_tx"].append(
             float(min(gap, max_gap)) if gap is not None else float(max_gap)
         )

@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     prediction_log_flush_seconds: float = Field(
         2, gt=0, description="Longest time a scored transaction waits to reach the log."
     )
+    serving_stream_features: bool = Field(
+        True,
+        description="Each scored payment updates its card's online state before the response "
+        "(off: the online state moves only when build_features materializes).",
+    )
 
     # --- experiments: A/B and shadow against the challenger ----------------------------
     experiment_mode: Literal["off", "ab", "shadow"] = Field(

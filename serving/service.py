@@ -11,12 +11,13 @@ carries its variant, the serving version, the shadow score and the request laten
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import time
 from http import HTTPStatus
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import bentoml
 from pydantic import Field
@@ -24,6 +25,9 @@ from pydantic import Field
 from pipelines.config import get_settings
 from serving.guard import RequestGuard
 from serving.schemas import ModelInfo, Score, Transaction
+
+if TYPE_CHECKING:
+    from serving.model import LoadedModel
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
@@ -43,6 +47,7 @@ class FraudScoringService:
         from pipelines.featurestore.store import get_store
         from serving.model import CHALLENGER_ALIAS, AliasWatcher, ChampionWatcher
         from serving.prediction_log import PredictionLog
+        from serving.stream import card_locks
 
         # MLflow retries an unreachable server for minutes by default (7 retries, 120 s
         # timeout): the watcher would hold its lock and /reload would time out. Fail fast and
@@ -66,6 +71,7 @@ class FraudScoringService:
                 keep_when_missing=False,
             )
             self.challenger.start()
+        self.card_locks = card_locks(s)
         self.prediction_log = PredictionLog(
             self.settings.predictions_dir, self.settings.prediction_log_flush_seconds
         )
@@ -84,17 +90,51 @@ class FraudScoringService:
 
     @bentoml.api
     def score(self, transactions: Batch, explain: bool = False) -> list[Score]:
-        """Score transactions: probability, decision, model version, feature freshness."""
-        from serving.experiment import score_request
-        from serving.features import fetch
-        from serving.model import decide
+        """Score transactions: probability, decision, model version, feature freshness.
+
+        Every scored payment updates its card's online state before the response returns
+        (``serving/stream.py``): the card's next payment reads it.
+        """
+        from serving.stream import push_payments, rounds
 
         started = time.perf_counter()
         model = self.watcher.current
         if model is None:
             raise ServiceUnavailable("no champion model is loaded yet")
-        s = self.settings
         challenger = self.challenger.current if self.challenger is not None else None
+        scores: list[Score | None] = [None] * len(transactions)
+        logged: list[dict | None] = [None] * len(transactions)
+        stream = self.settings.serving_stream_features
+        cards = [t.customer_id for t in transactions]
+        with self.card_locks.holding(cards) if stream else contextlib.nullcontext():
+            for indexes in rounds(transactions):
+                batch = [transactions[i] for i in indexes]
+                for i, (score, row) in zip(
+                    indexes, self._score_round(batch, model, challenger, explain), strict=True
+                ):
+                    scores[i], logged[i] = score, row
+                if stream:
+                    push_payments(self.store, batch)
+        now = dt.datetime.now(dt.UTC)
+        latency_ms = round((time.perf_counter() - started) * 1e3, 3)
+        self.prediction_log.append(
+            [{**row, "request_time": now, "latency_ms": latency_ms} for row in logged]
+        )
+        return scores
+
+    def _score_round(
+        self,
+        transactions: list[Transaction],
+        model: LoadedModel,
+        challenger: LoadedModel | None,
+        explain: bool,
+    ) -> list[tuple[Score, dict]]:
+        """Scores and prediction-log rows of payments of distinct cards."""
+        from serving.experiment import score_request
+        from serving.features import fetch
+        from serving.model import decide
+
+        s = self.settings
         scored = score_request(
             transactions,
             model,
@@ -104,17 +144,20 @@ class FraudScoringService:
             salt=s.experiment_salt,
             fetch=lambda m, txs: fetch(self.store, m.feature_service, m.inputs, txs),
         )
-        scores: list[Score | None] = [None] * len(transactions)
-        rows: list[dict | None] = [None] * len(transactions)
+        shadow_latency = (
+            None if scored.shadow_latency_ms is None else round(scored.shadow_latency_ms, 3)
+        )
+        results: list[tuple[Score, dict] | None] = [None] * len(transactions)
         for group in scored.groups:
             served = group.model
             b = group.batch
             explanations = served.explain(b.inputs) if explain else [None] * len(group.rows)
             features = b.records()
             for j, i in enumerate(group.rows):
+                t = transactions[i]
                 p = float(group.probabilities[j])
-                scores[i] = Score(
-                    transaction_id=transactions[i].transaction_id,
+                score = Score(
+                    transaction_id=t.transaction_id,
                     fraud_probability=round(p, 6),
                     decision=decide(p, s.review_threshold, s.block_threshold),
                     model_name=served.name,
@@ -125,43 +168,30 @@ class FraudScoringService:
                     explanation=explanations[j],
                     variant=scored.variants[i],
                 )
-                rows[i] = {
-                    **{f"feature_{k}": v for k, v in features[j].items() if k != "tx_amount"},
-                    "model_latency_ms": round(group.latency_ms, 3),
-                }
-        now = dt.datetime.now(dt.UTC)
-        latency_ms = round((time.perf_counter() - started) * 1e3, 3)
-        shadow_latency = (
-            None if scored.shadow_latency_ms is None else round(scored.shadow_latency_ms, 3)
-        )
-        self.prediction_log.append(
-            [
-                {
+                row = {
                     "transaction_id": t.transaction_id,
                     "tx_datetime": t.tx_datetime,
                     "customer_id": t.customer_id,
                     "terminal_id": t.terminal_id,
                     "tx_amount": t.tx_amount,
-                    **{k: v for k, v in row.items() if k != "model_latency_ms"},
-                    "fraud_probability": sc.fraud_probability,
-                    "decision": sc.decision,
-                    "model_version": sc.model_version,
-                    "unknown_customer": sc.unknown_customer,
-                    "unknown_terminal": sc.unknown_terminal,
-                    "request_time": now,
+                    **{f"feature_{k}": v for k, v in features[j].items() if k != "tx_amount"},
+                    "fraud_probability": score.fraud_probability,
+                    "decision": score.decision,
+                    "model_version": score.model_version,
+                    "unknown_customer": score.unknown_customer,
+                    "unknown_terminal": score.unknown_terminal,
+                    "request_time": None,  # set per request, with the request's latency
                     # Experiment columns (added after the ones monitoring reads).
-                    "variant": sc.variant,
+                    "variant": score.variant,
                     "shadow_probability": scored.shadow_probabilities[i],
                     "shadow_model_version": scored.shadow_version,
                     "challenger_failed": scored.challenger_failed[i],
-                    "latency_ms": latency_ms,
-                    "model_latency_ms": row["model_latency_ms"],
+                    "latency_ms": None,
+                    "model_latency_ms": round(group.latency_ms, 3),
                     "shadow_latency_ms": shadow_latency,
                 }
-                for i, (t, sc, row) in enumerate(zip(transactions, scores, rows, strict=True))
-            ]
-        )
-        return scores
+                results[i] = (score, row)
+        return results
 
     @bentoml.api
     def model_info(self) -> ModelInfo:

@@ -41,6 +41,11 @@ Features (``customer_features/``, one row per transaction)
   a sentinel would pretend to be a measured gap).
 * ``customer_terminal_is_new``: 1 if the customer made no other transaction at this terminal
   in (t - 30 days, t], else 0. Same-second transactions count as "before", as in all windows.
+* ``customer_recent_tx_id``, ``customer_recent_tx_unix``, ``customer_recent_tx_amount``: the
+  customer's transactions up to and including t (every one at the same microsecond too) whose
+  whole second lies in (t - 30 days, t], as three aligned arrays in time order (ties in no
+  particular order). The feature store's on-demand view computes the windows at the scored
+  instant from them, offline and online alike.
 
 Features (``terminal_features/``, one row per transaction)
 ----------------------------------------------------------
@@ -122,6 +127,13 @@ SECONDS_PER_DAY = 86_400
 SECONDS_PER_HOUR = 3_600
 WINDOW_DAYS = (1, 7, 30)
 NEW_TERMINAL_LOOKBACK_DAYS = 30
+# The customer's payments of the longest window, kept in every customer state row.
+RECENT_EVENTS_DAYS = max(WINDOW_DAYS)
+RECENT_EVENT_COLUMNS = (
+    "customer_recent_tx_id",
+    "customer_recent_tx_unix",
+    "customer_recent_tx_amount",
+)
 INPUT_TABLE = "fct_transactions"
 CUSTOMER_TABLE = "customer_features"
 TERMINAL_TABLE = "terminal_features"
@@ -152,6 +164,7 @@ CUSTOMER_FEATURES = [
     "customer_terminal_is_new",
     # The state's own time, so request-time features can age it (seconds since this payment).
     "customer_last_tx_unix",
+    *RECENT_EVENT_COLUMNS,
 ]
 TERMINAL_FEATURES = [
     f for n in WINDOW_DAYS for f in (f"terminal_nb_tx_{n}d", f"terminal_risk_{n}d")
@@ -292,6 +305,20 @@ def build_customer_features(tx: DataFrame) -> DataFrame:
     )
     features["customer_terminal_is_new"] = (F.count(F.lit(1)).over(at_terminal) == 1).cast("int")
     features["customer_last_tx_unix"] = F.col("ts_seconds")
+
+    # The customer's recent payments as of this one (itself and every one at the same
+    # microsecond included), from which the feature store computes exact windows at any later
+    # instant; serving folds each scored payment into the same lists (serving/stream.py).
+    as_of = Window.partitionBy("customer_id").orderBy("ts_micros")
+    recent_frame = as_of.rangeBetween(-RECENT_EVENTS_DAYS * SECONDS_PER_DAY * 1_000_000 + 1, 0)
+    payment = F.struct("transaction_id", "ts_seconds", "tx_amount")
+    recent = F.filter(
+        F.collect_list(payment).over(recent_frame),
+        lambda e: e["ts_seconds"] > F.col("ts_seconds") - RECENT_EVENTS_DAYS * SECONDS_PER_DAY,
+    )
+    features["customer_recent_tx_id"] = F.transform(recent, lambda e: e["transaction_id"])
+    features["customer_recent_tx_unix"] = F.transform(recent, lambda e: e["ts_seconds"])
+    features["customer_recent_tx_amount"] = F.transform(recent, lambda e: e["tx_amount"])
 
     return tx.select(
         "customer_id",

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
 FEATURE_SERVICE = "fraud_model_v1"
+# Feast's SQLite store, keeping the newest row per entity like its Redis store (online.py).
+SQLITE_ONLINE_STORE = "pipelines.featurestore.online.MonotonicSqliteOnlineStore"
 
 
 def render_config(settings: Settings) -> dict:
@@ -43,7 +45,7 @@ def render_config(settings: Settings) -> dict:
     if settings.feast_online_store == "redis":
         online = {"type": "redis", "connection_string": settings.feast_redis_url}
     else:
-        online = {"type": "sqlite", "path": str(feast_dir / "online.db")}
+        online = {"type": SQLITE_ONLINE_STORE, "path": str(feast_dir / "online.db")}
     return {
         "project": settings.feast_project,
         "provider": "local",

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import Settings
+from pipelines.features.job import RECENT_EVENT_COLUMNS
 from pipelines.featurestore import store
 from pipelines.transform.dbt import mart_file
 from tests.worlds import LABEL_DELAY_DAYS, world_copy
@@ -66,18 +67,16 @@ def _oracle(mart: pd.DataFrame, row: pd.Series) -> dict | None:
     if prev_t is not None and t - prev_t > 30 * DAY:
         prev_t = None  # beyond the view's TTL: a customer unseen for 30 days is "new"
     gap = None if prev_t is None else t - prev_t
+    # Exact windows at the transaction: (t - width, t] on whole seconds, itself included.
     for name, width in {**WINDOWS, "1h": 3600}.items():
-        window = cust[(cust_secs > (prev_t or 0) - width) & (cust_secs <= (prev_t or 0))]
-        in_window = gap is not None and gap < width
-        nb = len(window) + 1 if in_window else 1
+        window = cust[cust_secs > t - width] if gap is not None else cust.iloc[:0]
+        nb = len(window) + 1
         out[f"customer_nb_tx_{name}_now"] = nb
         if name != "1h":
-            total = window.tx_amount.sum() + row.tx_amount if in_window else row.tx_amount
-            out[f"customer_avg_amount_{name}_now"] = total / nb
-    state_30 = cust[(cust_secs > (prev_t or 0) - 30 * DAY) & (cust_secs <= (prev_t or 0))]
-    out["customer_amount_ratio_30d"] = (
-        row.tx_amount / state_30.tx_amount.mean() if gap is not None else 1.0
-    )
+            out[f"customer_avg_amount_{name}_now"] = (window.tx_amount.sum() + row.tx_amount) / nb
+    others = cust[cust_secs > t - 30 * DAY] if gap is not None else cust.iloc[:0]
+    usual = others.tx_amount.mean() if len(others) else 0.0
+    out["customer_amount_ratio_30d"] = row.tx_amount / usual if usual > 0 else 1.0
     out["customer_seconds_since_prev_tx"] = float(gap) if gap is not None else 30.0 * DAY
     out["customer_is_new"] = int(gap is None)
     pair = cust[cust.terminal_id == row.terminal_id]
@@ -185,13 +184,12 @@ def test_online_read_after_materialization_serves_the_latest_state(built, mart):
     newest = customers.sort_values("event_timestamp").groupby("customer_id").tail(1)
     sample = newest.sample(n=20, random_state=1)
     online = fs.get_online_features(
-        features=[f"customer_state:customer_nb_tx_{n}" for n in ("1d", "7d", "30d")]
-        + ["customer_state:customer_last_tx_unix"],
+        features=[f"customer_state:{c}" for c in RECENT_EVENT_COLUMNS],
         entity_rows=[{"customer_id": int(c)} for c in sample.customer_id],
     ).to_df()
     for (_, want), (_, got) in zip(sample.iterrows(), online.iterrows(), strict=True):
-        assert got.customer_nb_tx_30d == want.customer_nb_tx_30d
-        assert got.customer_last_tx_unix == want.customer_last_tx_unix
+        for column in RECENT_EVENT_COLUMNS:
+            assert list(got[column]) == list(want[column])
 
 
 def test_online_service_read_applies_the_on_demand_view(built):
@@ -212,12 +210,14 @@ def test_online_service_read_applies_the_on_demand_view(built):
             }
         ],
     ).to_dict()
-    assert vector["customer_nb_tx_1d_now"] == [int(state.customer_nb_tx_1d) + 1]
+    # Exactly the payments of the last day as of `now`, not as of the state's own payment.
+    unix = np.asarray(state.customer_recent_tx_unix)
+    amounts = np.asarray(state.customer_recent_tx_amount)
+    in_day = unix > now - DAY
+    assert vector["customer_nb_tx_1d_now"] == [int(in_day.sum()) + 1]
     assert vector["customer_seconds_since_prev_tx"] == [600.0]
-    expected_avg = (state.customer_avg_amount_1d * state.customer_nb_tx_1d + 50.0) / (
-        state.customer_nb_tx_1d + 1
-    )
-    assert vector["customer_avg_amount_1d_now"][0] == pytest.approx(expected_avg)
+    expected_avg = (amounts[in_day].sum() + 50.0) / (in_day.sum() + 1)
+    assert vector["customer_avg_amount_1d_now"][0] == pytest.approx(expected_avg, rel=1e-12)
 
 
 def test_online_service_read_ages_the_terminal_fraud_streak(built):
@@ -253,14 +253,74 @@ def test_a_pushed_state_is_readable_online(built):
     row = {
         "customer_id": 987_654,
         "event_timestamp": pushed_at,
-        **{f"customer_nb_tx_{n}": 3 for n in ("1d", "7d", "30d", "1h")},
-        **{f"customer_avg_amount_{n}": 12.5 for n in ("1d", "7d", "30d")},
-        "customer_last_tx_unix": int(pushed_at.timestamp()),
+        "customer_recent_tx_id": [1, 2, 3],
+        "customer_recent_tx_unix": [int(pushed_at.timestamp()) - s for s in (7200, 60, 0)],
+        "customer_recent_tx_amount": [10.0, 12.5, 15.0],
     }
     fs.push("customer_state_push", pd.DataFrame([row]))
     online = fs.get_online_features(
-        features=["customer_state:customer_nb_tx_1h", "customer_state:customer_avg_amount_7d"],
-        entity_rows=[{"customer_id": 987_654}],
+        features=fs.get_feature_service(store.FEATURE_SERVICE),
+        entity_rows=[
+            {
+                "customer_id": 987_654,
+                "terminal_id": 0,
+                "tx_amount": 20.0,
+                "tx_unix_seconds": int(pushed_at.timestamp()) + 1,
+            }
+        ],
     ).to_dict()
-    assert online["customer_nb_tx_1h"] == [3]
-    assert online["customer_avg_amount_7d"] == [12.5]
+    assert online["customer_nb_tx_1h_now"] == [3]  # the two of the last hour and itself
+    assert online["customer_nb_tx_1d_now"] == [4]
+    assert online["customer_avg_amount_1d_now"] == [pytest.approx((10 + 12.5 + 15 + 20) / 4)]
+
+
+def test_a_materialization_never_puts_a_streamed_state_back_in_time(built):
+    """The stream's state is newer than the batch row of the same customer: materializing the
+    batch again leaves the streamed state (both online stores skip a write that is not newer).
+    """
+    store.materialize_latest(built)
+    fs = store.get_store(built)
+    customers = pq.read_table(built.features_dir / "customer_features").to_pandas()
+    state = customers.sort_values("event_timestamp").iloc[-1]
+    customer = int(state.customer_id)
+    streamed = {
+        "customer_id": customer,
+        "event_timestamp": state.event_timestamp + pd.Timedelta(minutes=5),
+        "customer_recent_tx_id": [*state.customer_recent_tx_id, 10**12],
+        "customer_recent_tx_unix": [*state.customer_recent_tx_unix, state.customer_last_tx_unix],
+        "customer_recent_tx_amount": [*state.customer_recent_tx_amount, 1.0],
+    }
+    fs.push("customer_state_push", pd.DataFrame([streamed]))
+    # The last day of batch rows again, this customer's older batch state among them.
+    fs.materialize(
+        start_date=state.event_timestamp - pd.Timedelta(days=1),
+        end_date=state.event_timestamp + pd.Timedelta(microseconds=1),
+    )
+    online = fs.get_online_features(
+        features=[f"customer_state:{c}" for c in RECENT_EVENT_COLUMNS],
+        entity_rows=[{"customer_id": customer}],
+    ).to_dict()
+    assert online["customer_recent_tx_id"] == [streamed["customer_recent_tx_id"]]
+
+
+def test_payments_at_the_same_instant_are_all_folded_into_the_state(built):
+    """Three payments of one card at one instant, pushed one after the other: each push is
+    stamped a second after the stored state, so the store (to the second) skips none."""
+    from serving.schemas import Transaction
+    from serving.stream import push_payments, read_states
+
+    fs = store.get_store(built)
+    when = dt.datetime(2026, 2, 1, 9, 30, tzinfo=dt.UTC)
+    customer = 987_655
+    for k in range(3):
+        tx = Transaction(
+            transaction_id=70 + k,
+            customer_id=customer,
+            terminal_id=1,
+            tx_amount=5.0,
+            tx_datetime=when,
+        )
+        assert push_payments(fs, [tx]) == 1
+    state = read_states(fs, [customer])[customer]
+    assert state.ids == (70, 71, 72)
+    assert state.event_time == when + dt.timedelta(seconds=2)

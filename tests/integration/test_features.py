@@ -71,6 +71,9 @@ CUSTOMER_SCHEMA = pa.schema(
         ("customer_seconds_since_prev_tx", pa.float64()),
         ("customer_terminal_is_new", pa.int32()),
         ("customer_last_tx_unix", pa.int64()),
+        ("customer_recent_tx_id", pa.list_(pa.int64())),
+        ("customer_recent_tx_unix", pa.list_(pa.int64())),
+        ("customer_recent_tx_amount", pa.list_(pa.float64())),
     ]
 )
 TERMINAL_SCHEMA = pa.schema(
@@ -217,8 +220,28 @@ def oracle_customer_features(mart: pd.DataFrame) -> pd.DataFrame:
             same_terminal = others & (terminals == terminals[i])
             record["customer_terminal_is_new"] = 0 if same_terminal.any() else 1
             record["customer_last_tx_unix"] = int(t)
+            recent = (micros <= micros[i]) & (seconds > t - 30 * DAY)
+            record["customer_recent_payments"] = sorted(
+                zip(
+                    ids[recent].tolist(),
+                    seconds[recent].tolist(),
+                    amounts[recent].tolist(),
+                    strict=True,
+                )
+            )
             records.append(record)
     return pd.DataFrame(records)
+
+
+def recent_payments(customer_features: pd.DataFrame) -> pd.DataFrame:
+    """The three aligned arrays of each state row as one sorted list of (id, unix, amount)."""
+    arrays = customer_features[[f"customer_recent_tx_{a}" for a in ("id", "unix", "amount")]]
+    return customer_features.drop(columns=arrays.columns).assign(
+        customer_recent_payments=[
+            sorted(zip(*(a.tolist() for a in row), strict=True))
+            for row in arrays.itertuples(index=False)
+        ]
+    )
 
 
 def oracle_terminal_features(mart: pd.DataFrame, delay: int) -> pd.DataFrame:
@@ -282,7 +305,9 @@ def assert_matches_oracle(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
     problems = []
     for column in expected.columns.drop("transaction_id"):
         want, got = merged[f"{column}_oracle"].to_numpy(), merged[column].to_numpy()
-        if np.issubdtype(want.dtype, np.integer):
+        if want.dtype == object:  # lists
+            bad = np.array([w != g for w, g in zip(want, got, strict=True)], dtype=bool)
+        elif np.issubdtype(want.dtype, np.integer):
             bad = want != got
         else:
             bad = ~np.isclose(got.astype(float), want, rtol=1e-9, atol=1e-9, equal_nan=True)
@@ -337,7 +362,11 @@ def _by_id(frame: pd.DataFrame) -> pd.DataFrame:
 
 def test_every_customer_feature_matches_the_oracle(job_run) -> None:
     _, mart, result = job_run
-    assert_matches_oracle(_read(result.customer_features_path), oracle_customer_features(mart))
+    actual = recent_payments(_read(result.customer_features_path))
+    assert_matches_oracle(actual, oracle_customer_features(mart))
+    # Time order within each state's arrays (ties aside), so a reader can trust the last.
+    unix = _read(result.customer_features_path)["customer_recent_tx_unix"]
+    assert all((np.diff(u) >= 0).all() for u in unix)
 
 
 def test_every_terminal_feature_matches_the_oracle(job_run) -> None:
@@ -462,6 +491,11 @@ def test_window_bounds_and_same_second_transactions(job_run) -> None:
     assert np.isnan(first["customer_seconds_since_prev_tx"])
     assert first["customer_amount_ratio_30d"] == 1.0
     assert one_second_later["customer_nb_tx_1d"] == 2
+    # Same-microsecond peers hold each other in their recent payments: both states are equal.
+    expected = sorted(HANDMADE_ID + k for k in (6, 7, 8, 9))
+    for peer in (peer_a, peer_b):
+        assert sorted(peer["customer_recent_tx_id"]) == expected
+    assert sorted(first["customer_recent_tx_id"]) == [HANDMADE_ID + 8]
 
 
 def test_a_job_failing_mid_write_keeps_the_previous_tables(job_run) -> None:

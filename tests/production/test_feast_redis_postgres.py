@@ -8,13 +8,18 @@ vectors are identical in both.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import datetime as dt
 import math
 import secrets
+import threading
 
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines.featurestore import store
+from serving.schemas import Transaction
+from serving.stream import card_locks, push_payments, read_states
 from tests.production.conftest import (
     REDIS_HOST,
     REDIS_PORT,
@@ -159,3 +164,55 @@ def test_sql_registry_on_postgres_holds_the_definitions(profiles):
         odfvs = {v.name for v in fs.list_on_demand_feature_views()}
         assert "transaction_features" in odfvs
         assert all(v.most_recent_end_time is not None for v in fs.list_feature_views())
+
+
+def _payment(tid: int, customer: int, when: dt.datetime) -> Transaction:
+    return Transaction(
+        transaction_id=tid, customer_id=customer, terminal_id=1, tx_amount=5.0, tx_datetime=when
+    )
+
+
+@pytest.mark.parametrize("profile_name", ["sqlite", "redis"])
+def test_concurrent_payments_of_one_card_are_all_counted(profiles, profile_name):
+    """Four writers (one feature store each, as four replicas would have) fold ten payments
+    each into one card's state at once, holding the card's lock: no update is lost."""
+    embedded, production, _ = profiles
+    settings = embedded if profile_name == "sqlite" else production
+    customer, start = 7_000_000 + len(profile_name), dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    locks = card_locks(settings)
+    go = threading.Barrier(4)
+
+    def writer(w: int) -> None:
+        fs = store.get_store(settings)
+        go.wait()
+        for k in range(10):
+            tx = _payment(100 * w + k, customer, start + dt.timedelta(seconds=k))
+            with locks.holding([customer]):
+                assert push_payments(fs, [tx]) == 1
+
+    with cf.ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(writer, w) for w in range(4)]:
+            future.result()
+    state = read_states(store.get_store(settings), [customer])[customer]
+    assert sorted(state.ids) == sorted(100 * w + k for w in range(4) for k in range(10))
+    assert list(state.unix) == sorted(state.unix)
+
+
+@pytest.mark.parametrize("profile_name", ["sqlite", "redis"])
+def test_a_materialization_keeps_the_newer_streamed_state(profiles, profile_name):
+    embedded, production, _ = profiles
+    settings = embedded if profile_name == "sqlite" else production
+    fs = store.get_store(settings)
+    customers = pq.read_table(settings.features_dir / "customer_features").to_pandas()
+    newest = customers.sort_values("event_timestamp").iloc[-1]
+    customer = int(newest.customer_id)
+    before = read_states(fs, [customer])[customer]
+    later = newest.event_timestamp.to_pydatetime() + dt.timedelta(minutes=1)
+    with card_locks(settings).holding([customer]):
+        assert push_payments(fs, [_payment(10**12, customer, later)]) == 1
+    fs.materialize(
+        start_date=newest.event_timestamp - dt.timedelta(days=1),
+        end_date=newest.event_timestamp + dt.timedelta(microseconds=1),
+    )
+    after = read_states(store.get_store(settings), [customer])[customer]
+    assert after.ids == (*before.ids, 10**12)

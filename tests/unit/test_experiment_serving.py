@@ -88,7 +88,10 @@ def service(make_settings, monkeypatch):
 
     def build(mode: str, challenger: LoadedModel | None = CHALLENGER, share: float = 0.5):
         svc = object.__new__(FraudScoringService.inner)
-        svc.settings = make_settings(experiment_mode=mode, experiment_treatment_share=share)
+        # The write-through needs a real online store: tests/e2e/test_streaming.py covers it.
+        svc.settings = make_settings(
+            experiment_mode=mode, experiment_treatment_share=share, serving_stream_features=False
+        )
         svc.store = None
         svc.watcher = SimpleNamespace(current=CHAMPION, registry_status="ok", last_error=None)
         svc.challenger = (
