@@ -78,13 +78,13 @@ def main() -> None:
         from pipelines.config import load_settings
         from pipelines.features.runner import run_feature_job
         from pipelines.featurestore import store
-        from pipelines.ingest.simulated import ingest_simulated_days
+        from pipelines.ingest.daily import ingest_days
         from pipelines.transform.dbt import mart_file, run_dbt_build
 
         settings = load_settings()
 
         def ingest() -> int:
-            return sum(r.transactions for r in ingest_simulated_days(start, last, settings))
+            return sum(r.transactions for r in ingest_days(start, last, settings))
 
         print(f"handbook world, {start} .. {last}")
         rows, _ = timed("ingest (simulate + write, all days)", ingest)

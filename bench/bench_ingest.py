@@ -7,7 +7,7 @@ machine shifts both sides alike:
 - simulator: our vectorised generator (fraud scenarios included) on the handbook dataset
   (5,000 customers, 10,000 terminals, 183 days) vs a per-customer Python loop in the
   handbook's style (genuine transactions only, so the baseline is flattered);
-- daily ingest: one `ingest_simulated_day` (simulate the day, write transactions atomically,
+- daily ingest: one `ingest_day` (simulate the day, write transactions atomically,
   simulate and write the arriving labels) vs a bare `DataFrame.to_parquet` of the same rows.
 """
 
@@ -82,14 +82,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         os.environ.update(FRAUD_HOME=home, FRAUD_HISTORY_START=START.isoformat())
         from pipelines.config import load_settings
-        from pipelines.ingest.simulated import ingest_simulated_day
+        from pipelines.ingest.daily import ingest_day
 
         settings = load_settings()
         day = dt.date(2018, 6, 1)
         runs = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            result = ingest_simulated_day(day, settings)
+            result = ingest_day(day, settings)
             runs.append(time.perf_counter() - t0)
         frame = sim.generate_day(day)
         raw = best_of(args.repeat, lambda: frame.to_parquet(f"{home}/bare.parquet"))

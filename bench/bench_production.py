@@ -236,7 +236,7 @@ def main() -> None:
         )
         from pipelines.config import load_settings
         from pipelines.features.runner import run_feature_job
-        from pipelines.ingest.simulated import ingest_simulated_days
+        from pipelines.ingest.daily import ingest_days
         from pipelines.transform.dbt import run_dbt_build
 
         with environment(FRAUD_HOME=home / "lake"):
@@ -245,7 +245,7 @@ def main() -> None:
         print(f"world: {args.customers:,} customers, {args.terminals:,} terminals, {args.days} d")
 
         def ingest() -> int:
-            return sum(r.transactions for r in ingest_simulated_days(START, last, lake))
+            return sum(r.transactions for r in ingest_days(START, last, lake))
 
         rows, _ = timed("ingest", ingest)
         print(f"{rows:,} transactions")

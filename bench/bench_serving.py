@@ -6,9 +6,10 @@ Builds a small world in a temp ``FRAUD_HOME`` (simulated days, dbt, Spark featur
 + materialize into the SQLite online store), trains a small ensemble with the project's own
 model code (``pipelines.training.model``: preprocessing inside the module, MLflow pytorch
 flavour, pickle serialization, the tags ``register`` writes) and makes it champion. Then it
-starts ``bentoml serve serving.service:FraudScoringService`` and ``bentoml serve
-bench.echo_service:EchoService`` (same payload schema, no work: the framework's floor) and
-measures both the same way, one transaction per request:
+starts ``bentoml serve serving.service:FraudScoringService`` as shipped, the same with the
+write-through of streaming features off (``FRAUD_SERVING_STREAM_FEATURES=false``: its cost is
+the difference) and ``bentoml serve bench.echo_service:EchoService`` (same payload schema, no
+work: the framework's floor), and measures the three the same way, one new payment per request:
 
 - sequential: one client, one request at a time;
 - closed loop: ``--clients`` clients, each sending its next request when the previous one
@@ -126,12 +127,12 @@ def build_world(home: Path) -> dict[str, Any]:
     from pipelines.config import load_settings
     from pipelines.features.build import build_features
     from pipelines.featurestore import store
-    from pipelines.ingest.simulated import ingest_simulated_days
+    from pipelines.ingest.daily import ingest_days
     from pipelines.transform.dbt import mart_file
 
     settings = load_settings()
     started = time.monotonic()
-    ingest_simulated_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=N_DAYS - 1), settings)
+    ingest_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=N_DAYS - 1), settings)
     build_features(settings)
     mart = pq.read_table(mart_file(settings)).to_pandas()
     labelled = mart[mart.tx_fraud.notna()]
@@ -190,18 +191,23 @@ class Run:
 
 
 class Load:
-    """Single-transaction POST /score requests over keep-alive connections (aiohttp)."""
+    """Single-transaction POST /score requests over keep-alive connections (aiohttp).
+
+    Every request is a new payment (its own ``transaction_id``), so a streaming service folds
+    and pushes each one: a repeated id would be recognised and cost no write.
+    """
 
     def __init__(self, server: BentoProcess, bodies: list[dict]) -> None:
         self.server = server
-        self.payloads = [json.dumps({"transactions": [b]}).encode() for b in bodies]
+        self.bodies = bodies
         self.headers = {"content-type": "application/json"}
         self.errors = 0
         self._next = 0
 
     def payload(self) -> bytes:
-        self._next = (self._next + 1) % len(self.payloads)
-        return self.payloads[self._next]
+        self._next += 1
+        body = {**self.bodies[self._next % len(self.bodies)], "transaction_id": 10**12 + self._next}
+        return json.dumps({"transactions": [body]}).encode()
 
     async def one(self, session: Any) -> float:
         started = time.perf_counter()
@@ -287,24 +293,32 @@ def measure(server: BentoProcess, bodies: list[dict], args: argparse.Namespace) 
 # --- report -------------------------------------------------------------------------------
 
 
-def table(service: list[Run], echo: list[Run]) -> str:
+def table(results: dict[str, list[Run]]) -> str:
+    """Every server's runs side by side, with the ratios scoring / echo and, for the
+    write-through of streaming features, scoring / scoring without it."""
     head = (
-        f"{'load':<14}{'server':<9}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+        f"{'load':<14}{'server':<11}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'max ms':>8}"
         f"{'req/s':>8}{'cpu ms/req':>11}{'errors':>7}"
     )
     lines = [head, "-" * len(head)]
-    for s, e in zip(service, echo, strict=True):
-        for label, r in (("scoring", s), ("echo", e)):
+
+    def ratio(label: str, a: Run, b: Run) -> str:
+        return (
+            f"{'':<14}{label:<11}{a.ms(50) / b.ms(50):>7.1f}x{a.ms(95) / b.ms(95):>7.1f}x"
+            f"{a.ms(99) / b.ms(99):>7.1f}x{'':>8}{b.throughput / a.throughput:>7.2f}x"
+            f"{a.cpu_ms_per_request() / max(b.cpu_ms_per_request(), 1e-9):>10.2f}x"
+        )
+
+    for runs in zip(*results.values(), strict=True):
+        by_server = dict(zip(results, runs, strict=True))
+        for label, r in by_server.items():
             lines.append(
-                f"{s.name:<14}{label:<9}{r.ms(50):>8.2f}{r.ms(95):>8.2f}{r.ms(99):>8.2f}"
+                f"{r.name:<14}{label:<11}{r.ms(50):>8.2f}{r.ms(95):>8.2f}{r.ms(99):>8.2f}"
                 f"{r.ms(100):>8.1f}{r.throughput:>8.0f}{r.cpu_ms_per_request():>11.2f}"
                 f"{r.errors:>7}"
             )
-        lines.append(
-            f"{'':<14}{'ratio':<9}{s.ms(50) / e.ms(50):>7.1f}x{s.ms(95) / e.ms(95):>7.1f}x"
-            f"{s.ms(99) / e.ms(99):>7.1f}x{'':>8}{e.throughput / s.throughput:>7.2f}x"
-            f"{s.cpu_ms_per_request() / max(e.cpu_ms_per_request(), 1e-9):>10.1f}x"
-        )
+        lines.append(ratio("/echo", by_server["scoring"], by_server["echo"]))
+        lines.append(ratio("/no-stream", by_server["scoring"], by_server["no-stream"]))
     return "\n".join(lines)
 
 
@@ -328,15 +342,17 @@ def main() -> None:
         world = build_world(home)
         bodies = world["bodies"]
         print(f"  {world['transactions']:,} transactions, champion v{world['version']}")
-        env = dict(os.environ)
         results = {}
-        for name, target in (
-            ("echo", "bench.echo_service:EchoService"),
-            ("scoring", "serving.service:FraudScoringService"),
+        scoring = "serving.service:FraudScoringService"
+        for name, target, extra in (
+            ("echo", "bench.echo_service:EchoService", {}),
+            ("no-stream", scoring, {"FRAUD_SERVING_STREAM_FEATURES": "false"}),
+            ("scoring", scoring, {}),
         ):
+            env = {**os.environ, **extra}
             # An echo service has no model to refuse: "refusing" is only in the scoring log.
             with BentoProcess(target, env, home, cwd=ROOT, timeout=240, fatal="refusing") as server:
-                print(f"measuring {target} …", flush=True)
+                print(f"measuring {name} ({target}) …", flush=True)
                 results[name] = measure(server, bodies, args)
         from serving.service import FraudScoringService
 
@@ -351,8 +367,12 @@ def main() -> None:
             f"One transaction per request, {os.cpu_count()} cores shared by server and client; "
             f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}."
         )
-        print(table(results["scoring"], results["echo"]))
-        print("ratio: scoring / echo (req/s: echo / scoring); cpu = server CPU per request")
+        print(table({k: results[k] for k in ("scoring", "no-stream", "echo")}))
+        print(
+            "scoring: the service as shipped (each scored payment updates its card's online "
+            "state); no-stream: FRAUD_SERVING_STREAM_FEATURES=false; ratios: scoring / the other "
+            "(req/s: the other / scoring); cpu = server CPU per request"
+        )
         for run in results["scoring"]:
             if run.name.startswith("open"):
                 met = run.ms(99) <= args.target_p99_ms and run.errors == 0

@@ -72,11 +72,11 @@ def load() -> str:
 
 def build_world(settings) -> dict[str, str]:
     from pipelines.features.build import build_features
-    from pipelines.ingest.simulated import ingest_simulated_days
+    from pipelines.ingest.daily import ingest_days
     from pipelines.training import train
 
     last = TEST_END + dt.timedelta(days=settings.label_delay_days)
-    ingest_simulated_days(FIRST_DAY, last, settings)
+    ingest_days(FIRST_DAY, last, settings)
     build_features(settings, materialize=False)  # training reads the offline store only
     return train.build_dataset(settings, TEST_END, reason="benchmark")
 

@@ -4,7 +4,7 @@
 
 For each simulator seed, in a fresh temporary home (one subprocess per seed): the handbook's
 world (5,000 customers, 10,000 terminals, 2018-04-01 .. 2018-09-30) is ingested day by day
-through ``pipelines.ingest.simulated``, built by dbt and the Spark feature job, registered by
+through ``pipelines.ingest.daily``, built by dbt and the Spark feature job, registered by
 ``feast apply``; then ``pipelines.training.train.run_training`` runs the single-split protocol
 (train 2018-07-25..07-31, delay 7 days, test 2018-08-08..08-14; model selection on the split
 moved back 14 days) with an Optuna budget of ``--budget-seconds`` (default 570 s: the search
@@ -77,7 +77,7 @@ def run_seed(seed: int, home: Path, budget: int, trials: int) -> dict:
 
     from pipelines.config import load_settings
     from pipelines.features.build import build_features
-    from pipelines.ingest.simulated import ingest_simulated_days
+    from pipelines.ingest.daily import ingest_days
     from pipelines.training import dataset
     from pipelines.training.train import run_training, score_with
 
@@ -85,7 +85,7 @@ def run_seed(seed: int, home: Path, budget: int, trials: int) -> dict:
     assert settings.home == home.resolve() and settings.seed == seed
     timings: dict[str, float] = {}
     started = time.monotonic()
-    ingest_simulated_days(FIRST_DAY, LAST_DAY, settings)
+    ingest_days(FIRST_DAY, LAST_DAY, settings)
     timings["ingest"] = time.monotonic() - started
     timings.update(build_features(settings, materialize=False).seconds)
 

@@ -1,6 +1,8 @@
-"""Daily ingest of simulated transactions into the raw lake, plus the labels arriving that day.
+"""Daily ingest into the raw lake: a day's transactions, plus the labels arriving that day.
 
-Each run owns its data interval (one day): it overwrites that day's partition atomically, so a
+History days come from the simulator; from the first live day on, a day's transactions are the
+payments the scoring API scored that day (the replayed payment network, or any client). Each
+run owns its data interval (one day): it overwrites that day's partition atomically, so a
 rerun or a retry changes nothing. Catchup from the pinned history start backfills history on a
 fresh system by itself. A manual run may name the day to (re)ingest with the ``day`` param.
 """
@@ -38,16 +40,17 @@ def ingest_transactions():
         import datetime as dt
 
         from pipelines.config import get_settings
-        from pipelines.ingest.simulated import ingest_simulated_day
+        from pipelines.ingest.daily import ingest_day
 
         day = (
             dt.date.fromisoformat(params["day"])
             if params and params.get("day")
             else data_interval_start.date()
         )
-        result = ingest_simulated_day(day, get_settings())
+        result = ingest_day(day, get_settings())
         return {
             "day": result.day.isoformat(),
+            "source": result.source,
             "transactions": result.transactions,
             "labels_day": result.labels_day.isoformat() if result.labels_day else None,
             "labels": result.labels,

@@ -14,17 +14,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.config import get_settings
+from pipelines.config import get_settings, load_settings
 
 app = typer.Typer(help="Card-fraud platform: every pipeline stage from the command line.")
 ingest_app = typer.Typer(help="Write transactions and labels into the raw lake.")
 lake_app = typer.Typer(help="Inspect the raw lake.")
 services_app = typer.Typer(help="Start and stop the local services (Airflow).")
 features_app = typer.Typer(help="Build features: dbt marts, Spark job, Feast apply/materialize.")
+traffic_app = typer.Typer(help="The payment network: send the simulator's payments to /score.")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(lake_app, name="lake")
 app.add_typer(services_app, name="services")
 app.add_typer(features_app, name="features")
+app.add_typer(traffic_app, name="traffic")
 
 
 def _add_stage_apps() -> None:
@@ -100,17 +102,52 @@ def simulate(
 def ingest_day(
     day: dt.datetime = typer.Argument(..., formats=["%Y-%m-%d"], help="Day to ingest."),
 ) -> None:
-    """Ingest one simulated day (and the labels that arrive that day)."""
-    from pipelines.ingest.simulated import ingest_simulated_day
+    """Ingest one day (the simulator's, or a live day's scored payments) and the labels that
+    arrive that day."""
+    from pipelines.ingest.daily import ingest_day
 
     try:
-        r = ingest_simulated_day(day.date(), get_settings())
+        r = ingest_day(day.date(), get_settings())
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
-    console.print(f"{r.day}: {r.transactions:,} transactions -> {r.transactions_path}")
+    console.print(f"{r.day}: {r.transactions:,} {r.source} transactions -> {r.transactions_path}")
     if r.labels_path:
         console.print(f"labels of {r.labels_day}: {r.labels:,} -> {r.labels_path}")
+
+
+@traffic_app.command("replay")
+def traffic_replay(
+    day: dt.datetime = typer.Option(
+        None, formats=["%Y-%m-%d"], help="Day to replay (default: today, UTC)."
+    ),
+    speed: float = typer.Option(
+        1.0, min=0, help="Time compression: 3600 replays a day in 24 s; 0 = as fast as answered."
+    ),
+    follow: bool = typer.Option(
+        False, "--follow", help="Replay the live days in real time, day after day (make up)."
+    ),
+    concurrency: int = typer.Option(8, min=1, help="Most requests in flight."),
+) -> None:
+    """Send a day's payments to the scoring API at their simulated times, one per request."""
+    from pipelines.traffic import follow as follow_live
+    from pipelines.traffic import replay_day
+
+    def say(message: str) -> None:
+        console.print(f"{dt.datetime.now():%H:%M:%S} {message}", highlight=False, soft_wrap=True)
+
+    if follow:
+        follow_live(say)
+        return
+    settings = get_settings()
+    target = day.date() if day else dt.datetime.now(dt.UTC).date()
+    say(f"replaying {target} at speed {speed:g} to {settings.serving_host}:{settings.serving_port}")
+    report = replay_day(
+        settings, target, speed=speed, concurrency=concurrency, on_progress=lambda r: say(r.line())
+    )
+    say(report.summary())
+    if report.errors:
+        raise typer.Exit(1)
 
 
 @ingest_app.command("range")
@@ -119,15 +156,13 @@ def ingest_range(
     end: dt.datetime = typer.Option(..., formats=["%Y-%m-%d"], help="Last day (inclusive)."),
 ) -> None:
     """Ingest a range of simulated days, as a backfill of the daily DAG would."""
-    from pipelines.ingest.simulated import ingest_simulated_days
+    from pipelines.ingest.daily import ingest_days
 
     settings = get_settings()
     days = _days(start.date(), end.date())
     with _progress() as progress:
         task = progress.add_task("ingesting", total=len(days))
-        results = ingest_simulated_days(
-            days[0], days[-1], settings, on_day=lambda _: progress.advance(task)
-        )
+        results = ingest_days(days[0], days[-1], settings, on_day=lambda _: progress.advance(task))
     total = sum(r.transactions for r in results)
     console.print(f"{len(days)} days, {total:,} transactions -> {settings.raw_transactions_dir}")
 
@@ -251,7 +286,8 @@ def demo(
 ) -> None:
     """Score a few transactions on the running endpoint; --drift starts the retraining loop.
 
-    With --drift: ingest today with the scenario on, build features, monitor today; then watch
+    With --drift: the scenario on from today; on a live day, the rest of today's payments sent
+    to /score at once (drifted); then ingest today, build features, monitor today; then watch
     monitor_drift -> train_model -> deploy_model in the Airflow UI.
     """
     from pipelines import demo as d
@@ -280,6 +316,9 @@ def demo(
 
     today = dt.date.today()
     console.print(f"drift switched on: {d.switch_drift_on(settings, drift, today)}")
+    if settings.is_live(today):
+        report = d.fast_forward_today(load_settings(), say=console.print)
+        console.print(f"today's remaining payments through /score: {report.summary()}")
     airflow = AirflowServices(settings)
     with airflow.client() as api:
         run_id = d.trigger(api, "ingest_transactions", {"day": today.isoformat()})
@@ -306,6 +345,7 @@ def _stack(settings):
     from pipelines.platform.lineage import DbtDocsSite, FeastUI
     from pipelines.platform.mlflow import MlflowServer
     from pipelines.platform.scoring import ScoringService
+    from pipelines.platform.traffic import PaymentNetwork
 
     mlflow = MlflowServer(
         home=settings.home,
@@ -314,7 +354,8 @@ def _stack(settings):
         port=settings.mlflow_ui_port,
     )
     lineage = (DbtDocsSite(settings), FeastUI(settings))
-    return AirflowServices(settings), mlflow, ScoringService(settings), lineage
+    scoring = ScoringService(settings)
+    return AirflowServices(settings), mlflow, scoring, lineage, PaymentNetwork(settings)
 
 
 @services_app.command("up")
@@ -325,7 +366,7 @@ def services_up() -> None:
 
     settings = initialise(get_settings())
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    airflow, mlflow, scoring, (docs, feast_ui) = _stack(settings)
+    airflow, mlflow, scoring, (docs, feast_ui), traffic = _stack(settings)
     with console.status("starting Airflow (api-server, scheduler, dag-processor, triggerer)…"):
         airflow.up()
     with console.status("starting the MLflow UI…"):
@@ -335,6 +376,7 @@ def services_up() -> None:
     with console.status("starting the dbt docs site and the Feast UI…"):
         docs.up()
         feast_ui.up()
+    replaying = traffic.up()
     login = airflow.login()
     console.print(
         f"[green]Airflow[/]      {airflow.base_url}   login: {login.username} / {login.password}"
@@ -346,14 +388,20 @@ def services_up() -> None:
     console.print(f"[green]dbt docs[/]     {docs.url}   ({docs_state})")
     console.print(f"[green]Feast UI[/]     {feast_ui.url}")
     console.print(f"history: the daily ingest backfills from {settings.history_start_date}")
+    if replaying:
+        console.print(
+            f"live traffic: from {settings.live_start} the simulator's payments go to /score at "
+            f"their times (log: {traffic.process().log_file}; FRAUD_LIVE_TRAFFIC=false: off)"
+        )
     console.print(f"logs: {settings.home / 'logs'}   stop: make down")
 
 
 @services_app.command("down")
 def services_down() -> None:
     """Stop what `up` started (by PID file)."""
-    airflow, mlflow, scoring, (docs, feast_ui) = _stack(get_settings())
-    stopped = [*airflow.down(), *(["mlflow-server"] if mlflow.down() else [])]
+    airflow, mlflow, scoring, (docs, feast_ui), traffic = _stack(get_settings())
+    stopped = ["traffic-replay"] if traffic.down() else []  # first: it calls the scoring API
+    stopped += [*airflow.down(), *(["mlflow-server"] if mlflow.down() else [])]
     stopped += ["bentoml-serve"] if scoring.down() else []
     stopped += ["dbt-docs"] if docs.down() else []
     stopped += ["feast-ui"] if feast_ui.down() else []
@@ -363,8 +411,9 @@ def services_down() -> None:
 @services_app.command("status")
 def services_status() -> None:
     """Which services run, and Airflow's health."""
-    airflow, mlflow, scoring, lineage = _stack(get_settings())
+    airflow, mlflow, scoring, lineage, traffic = _stack(get_settings())
     others = [mlflow.process(), scoring.process(), *(ui.process() for ui in lineage)]
+    others.append(traffic.process())
     for proc in [*airflow.processes(), *others]:
         pid = proc.pid()
         console.print(f"{proc.name:24} {f'running (pid {pid})' if pid else 'stopped'}")

@@ -61,6 +61,19 @@ class Settings(BaseSettings):
         7, ge=0, description="Days until a day's fraud labels arrive (chargeback delay)."
     )
 
+    # --- live traffic: payments through the scoring API ----------------------------------
+    live_traffic: bool = Field(
+        True,
+        description="`make up` replays the simulator's payments of each day from its first "
+        "day on through /score, at their simulated times (the payment network).",
+    )
+    live_start: dt.date | None = Field(
+        None,
+        description="First live day: from it, a day's payments reach the raw lake from the "
+        "scored-payment log, not from the simulator. Pinned in var/runtime.env by `make up` "
+        "(its first day) when live_traffic is on; unset: every day is simulated.",
+    )
+
     # --- drift scenarios (off unless a start date is set) --------------------------------
     drift_spending_from: dt.date | None = Field(
         None, description="(i) From this day a share of customers spend more."
@@ -235,6 +248,10 @@ class Settings(BaseSettings):
     def history_start_date(self) -> dt.date:
         """The pinned history start; the handbook's first day if nothing pinned it yet."""
         return self.history_start or dt.date(2018, 4, 1)
+
+    def is_live(self, day: dt.date) -> bool:
+        """Whether ``day``'s payments enter through the scoring API (not the simulator)."""
+        return self.live_start is not None and day >= self.live_start
 
     @property
     def sim_start_date(self) -> dt.date:

@@ -3,9 +3,11 @@
 ``python -m pipelines demo`` picks the newest transactions of the mart (known customers and
 terminals), adds a made-up customer and an unusually large amount, posts them to ``/score`` and
 returns the answers. ``--drift spending`` (or ``new_fraud``, ``geo``) pins that simulator
-scenario from today in ``<home>/runtime.env`` (read by every new task process), then asks
-Airflow to ingest today and, once the features include it, to monitor today: the user watches
-monitor_drift → train_model → deploy_model in the UI and the served version change.
+scenario from today in ``<home>/runtime.env`` (read by every new task process); on a live day
+it sends the rest of today's payments, now drifted, to ``/score`` at once (the day's traffic is
+what reaches the lake), then asks Airflow to ingest today and, once the features include it,
+to monitor today: the user watches monitor_drift → train_model → deploy_model in the UI and
+the served version change.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pipelines.config import Settings
+    from pipelines.traffic import ReplayReport
 
 DRIFT_SWITCHES = {
     "spending": "FRAUD_DRIFT_SPENDING_FROM",
@@ -90,6 +95,21 @@ def switch_drift_on(settings: Settings, scenario: str, day: dt.date) -> str:
     lines.append(f"{variable}={day.isoformat()}")
     path.write_text("\n".join(lines) + "\n")
     return f"{variable}={day.isoformat()}"
+
+
+def fast_forward_today(settings: Settings, say: Callable[[str], None]) -> ReplayReport:
+    """Send today's payments not scored yet to ``/score`` at once, with the payment network
+    paused meanwhile (it resumes after them: it skips what the prediction log holds)."""
+    from pipelines.platform.traffic import PaymentNetwork
+    from pipelines.traffic import replay_day
+
+    network = PaymentNetwork(settings)
+    paused = network.down()
+    try:
+        return replay_day(settings, dt.date.today(), speed=0, on_progress=lambda r: say(r.line()))
+    finally:
+        if paused:
+            network.up()
 
 
 def trigger(api: httpx.Client, dag_id: str, conf: dict[str, Any]) -> str:

@@ -32,6 +32,14 @@ def part_path(table_dir: Path, day: dt.date, source: str) -> Path:
     return partition_dir(table_dir, day) / f"part-{source}.parquet"
 
 
+def day_files(table_dir: Path, day: dt.date) -> list[Path]:
+    """The complete part files of a day's partition (a writer's temporary ones left out)."""
+    folder = partition_dir(table_dir, day)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+
+
 def remove_stale_tmp(directory: Path) -> int:
     """Delete temporary files a killed writer left behind; returns how many."""
     if not directory.is_dir():

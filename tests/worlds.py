@@ -75,10 +75,10 @@ def world_settings(home: Path, **extra: object) -> Iterator[Settings]:
 def build_world(home: Path) -> Path:
     """Ingest the world's days and run the whole feature path on ``home``; returns ``home``."""
     from pipelines.features.build import build_features
-    from pipelines.ingest.simulated import ingest_simulated_days
+    from pipelines.ingest.daily import ingest_days
 
     with world_settings(home) as settings:
-        ingest_simulated_days(FIRST_DAY, LAST_DAY, settings)
+        ingest_days(FIRST_DAY, LAST_DAY, settings)
         build_features(settings)
     return home
 

@@ -16,6 +16,7 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from pipelines.config import Settings
+from pipelines.lake import day_files
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -135,11 +136,7 @@ def read_transactions_day(
 
 
 def prediction_log_files(settings: Settings, day: dt.date) -> list[str]:
-    folder = settings.predictions_dir / f"date={day.isoformat()}"
-    if not folder.is_dir():
-        return []
-    # Hidden files are a writer's temporary parts (see pipelines.lake).
-    return sorted(str(p) for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    return [str(p) for p in day_files(settings.predictions_dir, day)]
 
 
 def read_prediction_log(

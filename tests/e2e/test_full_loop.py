@@ -6,8 +6,10 @@ starts the first ``train_model`` by itself, the promotion emits the model Asset,
 builds and smoke-tests a Bento and switches the running ``bentoml serve`` — which then answers
 with version 1. Nobody triggers anything.
 
-Then the loop closes: a spending drift is switched on from today; today is ingested (as the UI's
-Trigger with a ``day`` does), the monitor flags it and triggers ``train_model``; the retrain
+Then the loop closes: a spending drift is switched on from today, the first live day; the
+payment network replays today's payments through ``/score``; today is ingested (as the UI's
+Trigger with a ``day`` does) from what the API scored, the monitor profiles exactly that traffic,
+flags it and triggers ``train_model``; the retrain
 (the full search, resuming the first model's study) passes the gate, ``deploy_model`` switches
 the service, and the served response carries the new version; monitoring follows the new
 champion. Every step is the real component: scheduler, dag-processor, triggerer, API server,
@@ -34,7 +36,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import PROJECT_ROOT
-from pipelines.lake import part_path
+from pipelines.lake import part_path, partition_dir
 from pipelines.platform.scoring import ScoringService
 from pipelines.training.bootstrap import BOOTSTRAP_RUN_ID
 from tests.conftest import free_port
@@ -256,8 +258,10 @@ def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
     after the training ended) — and exactly one ``train_model`` run follows; it passes the gate
     and the service answers with the new version."""
     from pipelines.monitoring.metrics_table import read_metrics
+    from pipelines.monitoring.profiles import read_day
     from pipelines.monitoring.reference import load_champion
     from pipelines.monitoring.retrain import retrain_run_id
+    from pipelines.traffic import day_payments, replay_day, scored_ids
 
     airflow, scoring, api = system
     settings = airflow.settings
@@ -265,7 +269,17 @@ def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
     assert before is not None, "needs the first model (previous test)"
     last_deploy = _runs_after(api, "deploy_model", None)[-1]["start_date"]
 
-    # Today is drifted; ingest it as the UI's Trigger dialog with a day would.
+    # Today is the first live day, and drifted: the payment network sends today's payments to
+    # /score, and what the API scored is what today's ingest writes to the lake.
+    assert settings.is_live(TODAY)
+    replayed = replay_day(settings, TODAY, speed=0)
+    assert replayed.errors == 0 and replayed.scored == replayed.due > 0, replayed.summary()
+    sent = set(day_payments(settings, TODAY).transaction_id)
+    wait_for(
+        "today's traffic in the prediction log", lambda: scored_ids(settings, TODAY) >= sent, 30
+    )
+
+    # Ingest today as the UI's Trigger dialog with a day would.
     created = api.post(
         "/dags/ingest_transactions/dagRuns",
         json={"logical_date": None, "conf": {"day": TODAY.isoformat()}},
@@ -276,8 +290,17 @@ def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
     # The Asset event fires when the ingest task ends, before the ingest run is marked done.
     _wait_for_next_success(api, "build_features", ingest["start_date"], timeout=600)
 
+    folder = partition_dir(settings.raw_transactions_dir, TODAY)
+    assert [p.name for p in folder.iterdir()] == ["part-scored.parquet"]
+    assert set(pq.read_table(folder).column("transaction_id").to_pylist()) == sent
+
     first = _monitor(api, TODAY)
     assert _task(api, "monitor_drift", first["dag_run_id"], "retrain")["state"] == "success"
+    # What monitoring profiled of today is the replayed traffic: the lake's day as the mart
+    # holds it, and the prediction log of the same payments.
+    for kind in ("transactions", "predictions"):
+        counts = read_day(settings, kind, TODAY).get_column("tx_amount").get_metric("counts")
+        assert counts.n.value == len(sent), kind
     rerun = _monitor(api, TODAY)  # the same interval again, as a new run: no second training
     decisions = [first, rerun]
     for run in decisions:
@@ -433,7 +456,8 @@ def test_trigger_with_a_day_param_as_the_ui_does(system):
     assert created.status_code == 200, created.text
     run = wait_for_run(api, "ingest_transactions", created.json()["dag_run_id"])
     assert run["state"] == "success"
-    path = part_path(airflow.settings.raw_transactions_dir, dt.date.fromisoformat(day), "simulated")
+    # Today is live: its transactions are the payments the API scored (the drift test's).
+    path = part_path(airflow.settings.raw_transactions_dir, dt.date.fromisoformat(day), "scored")
     table = pq.read_table(path)
     assert table.num_rows > 0
     assert {d.date().isoformat() for d in table.column("tx_datetime").to_pylist()} == {day}
@@ -443,6 +467,7 @@ def test_trigger_with_a_day_param_as_the_ui_does(system):
         "/xcomEntries/return_value"
     ).json()
     assert xcom["value"]["transactions"] == table.num_rows
+    assert xcom["value"]["source"] == "scored"
 
 
 def test_invalid_param_is_refused_before_anything_runs(system):
@@ -487,7 +512,7 @@ def test_in_a_browser_login_trigger_with_params_and_watch_the_run_succeed(system
     run = wait_for("the run the Trigger dialog created", finished_manual_run, 240, interval=2)
     assert run["conf"] == {"day": day}
     assert run["state"] == "success"
-    path = part_path(airflow.settings.raw_transactions_dir, dt.date.fromisoformat(day), "simulated")
+    path = part_path(airflow.settings.raw_transactions_dir, dt.date.fromisoformat(day), "scored")
     assert path.exists()
 
     page.goto(f"{airflow.base_url}/dags/ingest_transactions/runs/{run['dag_run_id']}")

@@ -1,31 +1,33 @@
-"""Streaming features through a real ``bentoml serve``: every scored payment updates its card's
-online state before the response returns, and what the service used equals what training sees.
+"""Live traffic through a real ``bentoml serve`` (two workers): every scored payment updates
+its card's online state before the response returns, what the service used equals what
+training sees, and the payments the API scored are the live day's payments in the lake, once.
 
-The module's world is a copy of the shared world with its own server: live traffic changes
-the online state of every card it touches, which the other serving tests must not see.
+The module's world is a copy of the shared world with its own server, and the day after it is
+its first live day: live traffic changes the online state of every card it touches, which the
+other serving tests must not see.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import Settings
 from pipelines.features.build import build_features
 from pipelines.featurestore import store
-from pipelines.ingest import schema
-from pipelines.ingest.landing import ingest_landing
-from pipelines.ingest.simulated import ingest_simulated_day
-from pipelines.simulate.generator import SimulationConfig, TransactionSimulator
+from pipelines.ingest.daily import ingest_day
+from pipelines.lake import partition_dir
+from pipelines.traffic import day_payments, replay
 from serving.stream import read_states
 from tests.e2e.serving_world import MAX_BATCH, build_serving_world, serve
 from tests.waiting import wait_for
@@ -45,14 +47,20 @@ def world(shared_world, tmp_path_factory) -> dict:
 def settings(world) -> Iterator[Settings]:
     """The world's settings, its variables set (in-process Feast, dbt and Spark read them)."""
     env = {k: v for k, v in world["env"].items() if k.startswith(("FRAUD_", "BENTOML_"))}
-    with settings_from_env(env) as settings:
+    with settings_from_env({**env, "FRAUD_LIVE_START": LIVE_DAY.isoformat()}) as settings:
         yield settings
 
 
 @pytest.fixture(scope="module")
 def server(world):
-    with serve(world["env"]) as server:
+    # Two workers: two processes (as two replicas would) share the card locks and the log.
+    with serve({**world["env"], "FRAUD_SERVING_WORKERS": "2"}) as server:
         yield server
+
+
+def _towards(settings: Settings, server) -> Settings:
+    """``settings`` pointing at the module's server (what the replayer sends to)."""
+    return settings.model_copy(update={"serving_port": int(server.url.rsplit(":", 1)[1])})
 
 
 def _request(tx: pd.Series | dict) -> dict:
@@ -152,12 +160,9 @@ def test_two_payments_of_one_card_at_the_same_moment_are_both_counted(server, se
 
 
 def _live_day(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The simulator's payments of the day after the world, plus card-testing bursts: a few
-    cards pay four more times within a minute of one of their payments."""
-    simulated = TransactionSimulator(SimulationConfig.from_settings(settings)).generate_day(
-        LIVE_DAY
-    )
-    simulated = simulated[schema.TRANSACTIONS.names]
+    """The simulator's payments of the first live day, plus card-testing bursts: a few cards
+    pay four more times within a minute of one of their payments."""
+    simulated = day_payments(settings, LIVE_DAY)
     seeds = simulated.drop_duplicates("customer_id").head(5)
     bursts = pd.DataFrame(
         [
@@ -176,31 +181,46 @@ def _live_day(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def test_served_features_equal_the_offline_ones_on_a_day_of_live_traffic(server, settings):
-    """The oracle: a whole day scored in time order (batches of consecutive payments, so a
-    card sometimes has two in one request); once that day is in the lake and the features are
-    rebuilt, historical retrieval gives every payment the customer features the service used.
-    Then the online state of every card equals what the stream had written."""
+    """The oracle. The payment network replays the first live day (one payment per request,
+    cards overlapping, bursts seconds apart), and a client sends one card's late payments as
+    one request; that day reaches the lake from the scored-payment log and the features are
+    rebuilt: historical retrieval gives every payment the customer features the service used.
+    The rebuild leaves every card's online state as the stream wrote it; a rerun of the replay
+    and of the ingest leaves each payment once in the lake."""
     simulated, bursts = _live_day(settings)
-    day = pd.concat([simulated, bursts]).sort_values(["tx_datetime", "transaction_id"])
-    requests = [_request(tx) for _, tx in day.iterrows()]
+    day = pd.concat([simulated, bursts])
+    report = replay(_towards(settings, server), day, LIVE_DAY, speed=0, concurrency=8)
+    assert (report.sent, report.scored, report.errors) == (len(day), len(day), 0), report
+    card = simulated.iloc[0]
+    late = [
+        {
+            "transaction_id": 9_500_000 + k,
+            "customer_id": int(card.customer_id),
+            "terminal_id": int(card.terminal_id),
+            "tx_amount": 3.0 + k,
+            "tx_datetime": (LIVE_START + pd.Timedelta(hours=23, minutes=59, seconds=k)).isoformat(),
+        }
+        for k in range(MAX_BATCH)
+    ]
     with httpx.Client(base_url=server.url) as client:
-        for i in range(0, len(requests), MAX_BATCH):
-            _score(client, requests[i : i + MAX_BATCH])
+        _score(client, late)
     fs = store.get_store(settings)
-    customers = sorted(day.customer_id.unique().tolist())
+    customers = sorted(set(day.customer_id.unique().tolist()))
     streamed = read_states(fs, customers)
-    ids = day.transaction_id.tolist()
+    ids = [
+        *day.sort_values(["tx_datetime", "transaction_id"]).transaction_id,
+        *(t["transaction_id"] for t in late),
+    ]
     served = _logged(settings, ids)
 
-    # The day reaches the lake the batch way: the simulator's day, the bursts as a landing file.
-    ingest_simulated_day(LIVE_DAY, settings)
-    settings.landing_dir.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(bursts, schema=schema.TRANSACTIONS, preserve_index=False)
-    pq.write_table(table, settings.landing_dir / "bursts.parquet")
-    assert ingest_landing(settings).ingested == {"bursts.parquet": len(bursts)}
+    # The live day reaches the lake the live way: what /score scored.
+    ingested = ingest_day(LIVE_DAY, settings)
+    assert ingested.source == "scored"
     build_features(settings)  # dbt, Spark, feast apply and a materialization
 
-    entities = store.training_entities(day)
+    entities = store.training_entities(
+        pq.read_table(partition_dir(settings.raw_transactions_dir, LIVE_DAY)).to_pandas()
+    )
     offline = store.historical_features(settings, entities).set_index("transaction_id").loc[ids]
     view = fs.get_on_demand_feature_view("transaction_features")
     columns = [f.name for f in view.features]
@@ -217,9 +237,51 @@ def test_served_features_equal_the_offline_ones_on_a_day_of_live_traffic(server,
     assert not problems, "\n".join(problems)
     # The day exercised what streaming is for: payments of one card seconds apart.
     assert (served.feature_customer_nb_tx_1h_now >= 5).sum() >= len(bursts) // 4
+    assert served.loc[
+        [t["transaction_id"] for t in late]
+    ].feature_customer_nb_tx_1h_now.is_monotonic_increasing
 
     # The batch caught up with the stream: every card's state is the one the stream wrote.
     after = read_states(store.get_store(settings), customers)
     for customer in customers:
         assert sorted(after[customer].ids) == sorted(streamed[customer].ids), customer
         assert after[customer].event_time >= streamed[customer].event_time
+
+    # Exactly once: the whole day sent again, and the daily ingest run twice more.
+    again = replay(_towards(settings, server), day, LIVE_DAY, speed=0)
+    assert again.scored == len(day)
+
+    def logged_twice() -> bool:  # the resent payments reached the log too
+        log = pq.read_table(list(settings.predictions_dir.rglob("*.parquet"))).to_pandas()
+        return log.transaction_id.isin(day.transaction_id).sum() >= 2 * len(day)
+
+    wait_for("the resent payments in the prediction log", logged_twice, timeout=30, interval=0.5)
+    for _ in range(2):
+        ingest_day(LIVE_DAY, settings)
+    folder = partition_dir(settings.raw_transactions_dir, LIVE_DAY)
+    assert sorted(p.name for p in folder.iterdir()) == ["part-scored.parquet"]
+    lake = pq.read_table(folder).to_pandas()
+    assert not lake.transaction_id.duplicated().any()
+    assert set(ids) <= set(lake.transaction_id)
+    # Beside the day's payments, only the earlier tests' cards (none of them simulated).
+    assert set(lake.transaction_id) - set(ids) <= set(range(8_000_000, 8_200_000))
+
+
+def test_the_replayer_sends_a_day_and_says_what_happened(server, settings, world):
+    """``python -m pipelines traffic replay`` as a user runs it: progress, then the summary;
+    a second run resumes (the prediction log holds the day: nothing to send)."""
+    day = LIVE_DAY + dt.timedelta(days=1)
+    env = {**world["env"], "FRAUD_SERVING_PORT": server.url.rsplit(":", 1)[1]}
+    command = [sys.executable, "-m", "pipelines", "traffic", "replay", "--day", day.isoformat()]
+    done = subprocess.run(
+        [*command, "--speed", "0"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    n = len(day_payments(settings, day))
+    assert f"sent {n:,}/{n:,}, scored {n:,}, errors 0" in done.stdout
+    assert "decisions: " in done.stdout and "approve" in done.stdout
+    assert len(_logged(settings, day_payments(settings, day).transaction_id.tolist())) == n
+    resumed = subprocess.run(
+        [*command, "--speed", "0"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0 and "sent 0/0" in resumed.stdout, resumed.stdout

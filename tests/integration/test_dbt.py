@@ -20,7 +20,7 @@ import pytest
 
 from pipelines.config import Settings, load_settings
 from pipelines.ingest import schema
-from pipelines.ingest.simulated import ingest_simulated_day, ingest_simulated_days
+from pipelines.ingest.daily import ingest_day, ingest_days
 from pipelines.lake import part_path, write_parquet_atomic
 from pipelines.transform.dbt import DbtBuildError, mart_file, marts_path, run_dbt_build
 
@@ -60,7 +60,7 @@ def _settings_for(home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def _ingest(settings: Settings, days: int) -> None:
-    ingest_simulated_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=days - 1), settings)
+    ingest_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=days - 1), settings)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_rerun_replaces_the_export_without_duplicates(settings: Settings) -> Non
 def test_new_day_appears_in_the_export_on_rebuild(settings: Settings) -> None:
     run_dbt_build(settings)
     before = len(_read_mart(settings))
-    new_day = ingest_simulated_day(FIRST_DAY + dt.timedelta(days=N_DAYS), settings)
+    new_day = ingest_day(FIRST_DAY + dt.timedelta(days=N_DAYS), settings)
     run_dbt_build(settings)
 
     assert len(_read_mart(settings)) == before + new_day.transactions

@@ -20,7 +20,7 @@ import pytest
 
 from pipelines.config import PROJECT_ROOT, Settings, load_settings
 from pipelines.featurestore import store
-from pipelines.ingest.simulated import ingest_simulated_days
+from pipelines.ingest.daily import ingest_days
 from pipelines.platform.lineage import PLACEHOLDER_MARK, DbtDocsSite, FeastUI
 from pipelines.platform.mlflow import healthy
 from pipelines.platform.process import wait_until
@@ -89,7 +89,7 @@ def before_build(uis) -> dict:
 
 @pytest.fixture(scope="module")
 def built(settings, before_build) -> Settings:
-    ingest_simulated_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=N_DAYS - 1), settings)
+    ingest_days(FIRST_DAY, FIRST_DAY + dt.timedelta(days=N_DAYS - 1), settings)
     run_dbt_build(settings)
     generate_docs(settings)
     store.apply(settings)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import Settings
-from pipelines.ingest.simulated import ingest_simulated_days
+from pipelines.ingest.daily import ingest_days
 from pipelines.monitoring import retrain
 from pipelines.monitoring.metrics_table import read_metrics
 from pipelines.monitoring.monitor import run_monitor
@@ -55,7 +55,7 @@ def _settings(home: Path, **drift: dt.date) -> Settings:
 @pytest.fixture(scope="module")
 def quiet_world(tmp_path_factory) -> Settings:
     settings = _settings(tmp_path_factory.mktemp("monitor-quiet"))
-    ingest_simulated_days(FIRST_DAY, QUIET_DAYS[-1], settings)
+    ingest_days(FIRST_DAY, QUIET_DAYS[-1], settings)
     run_dbt_build(settings)
     return settings
 
@@ -78,7 +78,7 @@ def _drifted_world(quiet: Settings, home: Path, scenario: str) -> Settings:
             profiles_dir(settings, "transactions"),
             ignore=lambda d, names: [n for n in names if n >= f"date={SWITCH}"],
         )
-    ingest_simulated_days(SWITCH, SWITCH + dt.timedelta(days=1), settings)
+    ingest_days(SWITCH, SWITCH + dt.timedelta(days=1), settings)
     run_dbt_build(settings)
     return settings
 

@@ -41,6 +41,25 @@ def test_first_start_pins_history_start_once(make_settings, monkeypatch):
     assert pinned.runtime_env_file.read_text().count("FRAUD_HISTORY_START") == 1
 
 
+def test_first_start_pins_today_as_the_first_live_day_once(make_settings, monkeypatch):
+    s = make_settings()
+    monkeypatch.delenv("FRAUD_LIVE_START", raising=False)
+    pinned = initialise(load_settings())
+    today = dt.date.today()
+    assert pinned.live_start == today
+    assert pinned.is_live(today) and not pinned.is_live(today - dt.timedelta(days=1))
+    initialise(load_settings())
+    assert s.runtime_env_file.read_text().count("FRAUD_LIVE_START") == 1
+
+
+def test_without_live_traffic_every_day_is_simulated(make_settings, monkeypatch):
+    make_settings(live_traffic=False)
+    monkeypatch.delenv("FRAUD_LIVE_START", raising=False)
+    settings = initialise(load_settings())
+    assert settings.live_start is None
+    assert not settings.is_live(dt.date.today() + dt.timedelta(days=365))
+
+
 def test_first_start_creates_the_embedded_tracking_store(settings):
     from pipelines.training import tracking
 

@@ -1,4 +1,11 @@
-"""Daily ingest from the simulator: one day's transactions, and the labels that arrive that day.
+"""Daily ingest: one day's transactions, and the labels that arrive that day.
+
+A day before the first live day (the history a first start backfills) comes from the
+simulator. From the first live day on (``Settings.live_start``), the day's transactions are
+the payments the scoring API scored (``pipelines/ingest/scored.py``): the simulator's payments
+reach the lake only by being sent to ``/score`` (``pipelines/traffic.py`` replays them), so no
+payment can enter twice. Labels still come from the simulator, the chargeback feed: for a live
+day, those of the payments that reached the lake (a chargeback follows a payment that happened).
 
 Labels arrive ``label_delay_days`` after the transactions they describe, as chargebacks do: each
 label's ``label_available_at`` is its transaction's time plus the delay (the handbook's protocol:
@@ -17,10 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.config import Settings
-from pipelines.ingest import schema
-from pipelines.lake import part_path, write_parquet_atomic
+from pipelines.ingest import schema, scored
+from pipelines.ingest.scored import ingest_scored_day
+from pipelines.lake import day_files, part_path, write_parquet_atomic
 from pipelines.simulate import SimulationConfig, TransactionSimulator
 
 log = logging.getLogger(__name__)
@@ -30,6 +39,7 @@ SOURCE = "simulated"
 @dataclass(frozen=True)
 class DayIngestResult:
     day: dt.date
+    source: str  # where the day's transactions came from: "simulated" or "scored"
     transactions: int
     transactions_path: Path
     labels_day: dt.date | None
@@ -44,28 +54,48 @@ def label_table(frame: pd.DataFrame, delay: dt.timedelta) -> pa.Table:
     return pa.Table.from_pandas(labels, schema=schema.LABELS, preserve_index=False)
 
 
-def ingest_simulated_day(
+def _lake_ids(settings: Settings, day: dt.date) -> set[int]:
+    """The transaction ids of ``day``'s partition, every source."""
+    return {
+        i
+        for f in day_files(settings.raw_transactions_dir, day)
+        for i in pq.read_table(f, columns=["transaction_id"]).column(0).to_pylist()
+    }
+
+
+def ingest_day(
     day: dt.date, settings: Settings, simulator: TransactionSimulator | None = None
 ) -> DayIngestResult:
-    """Write day ``day`` of the simulator to the raw lake, plus the labels arriving that day."""
+    """Write day ``day``'s transactions to the raw lake (the simulator's, or the scored
+    payments of a live day), plus the labels arriving that day."""
     if day < settings.sim_start_date:
         raise ValueError(
             f"{day} is before the simulation calendar starts ({settings.sim_start_date}); "
             "set FRAUD_SIM_START earlier to simulate it"
         )
     sim = simulator or TransactionSimulator(SimulationConfig.from_settings(settings))
-    frame = sim.generate_day(day)
-    tx = pa.Table.from_pandas(
-        frame[schema.TRANSACTIONS.names], schema=schema.TRANSACTIONS, preserve_index=False
-    )
-    tx_path = write_parquet_atomic(tx, part_path(settings.raw_transactions_dir, day, SOURCE))
-    log.info("wrote %d transactions of %s to %s", tx.num_rows, day, tx_path)
+    frame = None
+    if settings.is_live(day):
+        source = scored.SOURCE
+        n_tx, tx_path = ingest_scored_day(settings, day)
+    else:
+        source = SOURCE
+        frame = sim.generate_day(day)
+        tx = pa.Table.from_pandas(
+            frame[schema.TRANSACTIONS.names], schema=schema.TRANSACTIONS, preserve_index=False
+        )
+        tx_path = write_parquet_atomic(tx, part_path(settings.raw_transactions_dir, day, SOURCE))
+        n_tx = tx.num_rows
+        log.info("wrote %d transactions of %s to %s", n_tx, day, tx_path)
 
     labels_day = day - dt.timedelta(days=settings.label_delay_days)
     labels_path, n_labels = None, 0
     # Labels exist only for days the simulated history covers.
     if labels_day >= settings.sim_start_date:
-        labelled = frame if labels_day == day else sim.generate_day(labels_day)
+        labelled = frame if labels_day == day and frame is not None else None
+        labelled = labelled if labelled is not None else sim.generate_day(labels_day)
+        if settings.is_live(labels_day):
+            labelled = labelled[labelled.transaction_id.isin(_lake_ids(settings, labels_day))]
         labels = label_table(labelled, dt.timedelta(days=settings.label_delay_days))
         labels_path = write_parquet_atomic(
             labels, part_path(settings.raw_labels_dir, labels_day, SOURCE)
@@ -73,11 +103,11 @@ def ingest_simulated_day(
         n_labels = labels.num_rows
         log.info("wrote %d labels of %s (arrived %s) to %s", n_labels, labels_day, day, labels_path)
     return DayIngestResult(
-        day, tx.num_rows, tx_path, labels_day if labels_path else None, n_labels, labels_path
+        day, source, n_tx, tx_path, labels_day if labels_path else None, n_labels, labels_path
     )
 
 
-def ingest_simulated_days(
+def ingest_days(
     first: dt.date,
     last: dt.date,
     settings: Settings,
@@ -93,7 +123,7 @@ def ingest_simulated_days(
     sim = TransactionSimulator(SimulationConfig.from_settings(settings))
     results = []
     for offset in range((last - first).days + 1):
-        result = ingest_simulated_day(first + dt.timedelta(days=offset), settings, simulator=sim)
+        result = ingest_day(first + dt.timedelta(days=offset), settings, simulator=sim)
         results.append(result)
         if on_day is not None:
             on_day(result)
