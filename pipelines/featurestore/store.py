@@ -29,6 +29,8 @@ FEATURE_REPO = PROJECT_ROOT / "feature_repo"
 FEATURE_SERVICE = "fraud_model_v1"
 # Feast's SQLite store, keeping the newest row per entity like its Redis store (online.py).
 SQLITE_ONLINE_STORE = "pipelines.featurestore.online.MonotonicSqliteOnlineStore"
+# Feast's DuckDB store, whose point-in-time join fetches features of picked rows only (offline.py).
+OFFLINE_STORE = "pipelines.featurestore.offline.LeanJoinDuckDBOfflineStore"
 
 
 def render_config(settings: Settings) -> dict:
@@ -51,7 +53,7 @@ def render_config(settings: Settings) -> dict:
         "provider": "local",
         "registry": registry,
         # The file offline store silently drops entity rows without a feature row in TTL.
-        "offline_store": {"type": "duckdb"},
+        "offline_store": {"type": OFFLINE_STORE},
         "online_store": online,
         "entity_key_serialization_version": 3,
         "auth": {"type": "no_auth"},

@@ -157,6 +157,31 @@ def test_sampled_rows_equal_the_brute_force_oracle(mart, retrieved):
     assert checked > 100 and newest_label_frauds >= 10 and streaks >= 5
 
 
+def test_the_lean_join_returns_what_feast_s_own_join_returns(built, mart, retrieved, monkeypatch):
+    """The offline store joins features after picking the row (``offline.py``): every value of
+    every column equals Feast's own point-in-time join of the same entity rows."""
+    from feast.infra.offline_stores import ibis as feast_ibis
+
+    from pipelines.featurestore import offline
+
+    entities = store.training_entities(mart)
+    monkeypatch.setattr(offline, "point_in_time_join", feast_ibis.point_in_time_join)
+    feasts = store.historical_features(built, entities).set_index("transaction_id").sort_index()
+    ours = retrieved.set_index("transaction_id").sort_index()
+    assert list(ours.index) == list(feasts.index)
+    assert list(ours.columns) == list(feasts.columns)
+    for column in feasts.columns:
+        a, b = ours[column], feasts[column]
+        if a.dtype == object:  # the recent payments: same-instant ties in any order
+
+            def payments(v: object) -> list | None:
+                return None if v is None or isinstance(v, float) else sorted(v)
+
+            assert [payments(x) for x in a] == [payments(y) for y in b], column
+        else:
+            pd.testing.assert_series_equal(a, b, check_exact=False, rtol=1e-12, obj=column)
+
+
 def test_no_fraud_label_leaks_before_it_arrives(built, mart, retrieved):
     """A terminal's risk as of a transaction uses only labels that had arrived by then."""
     frauds = mart[mart.tx_fraud == 1]
