@@ -309,18 +309,13 @@ def build_customer_features(tx: DataFrame) -> DataFrame:
     # The customer's recent payments as of this one (itself and every one at the same
     # microsecond included), from which the feature store computes exact windows at any later
     # instant; serving folds each scored payment into the same lists (serving/stream.py).
-    # A sliding collect_list re-aggregates its whole frame at every row; instead the card's
-    # payments are collected once, in time order, and each row takes its slice: the rows after
-    # those of seconds <= t - 30 days, up to the last one at its own microsecond.
-    in_time = Window.partitionBy("customer_id").orderBy("ts_micros")
-    every_payment = F.collect_list(F.struct("transaction_id", "ts_seconds", "tx_amount")).over(
-        in_time.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    as_of = Window.partitionBy("customer_id").orderBy("ts_micros")
+    recent_frame = as_of.rangeBetween(-RECENT_EVENTS_DAYS * SECONDS_PER_DAY * 1_000_000 + 1, 0)
+    payment = F.struct("transaction_id", "ts_seconds", "tx_amount")
+    recent = F.filter(
+        F.collect_list(payment).over(recent_frame),
+        lambda e: e["ts_seconds"] > F.col("ts_seconds") - RECENT_EVENTS_DAYS * SECONDS_PER_DAY,
     )
-    up_to_now = F.count(F.lit(1)).over(in_time.rangeBetween(Window.unboundedPreceding, 0))
-    too_old = F.count(F.lit(1)).over(
-        by_customer.rangeBetween(Window.unboundedPreceding, -RECENT_EVENTS_DAYS * SECONDS_PER_DAY)
-    )
-    recent = F.slice(every_payment, too_old + 1, up_to_now - too_old)
     features["customer_recent_tx_id"] = F.transform(recent, lambda e: e["transaction_id"])
     features["customer_recent_tx_unix"] = F.transform(recent, lambda e: e["ts_seconds"])
     features["customer_recent_tx_amount"] = F.transform(recent, lambda e: e["tx_amount"])
