@@ -225,6 +225,7 @@ def replay_day(
     on_progress: Callable[[ReplayReport], None] | None = None,
     until: dt.datetime | None = None,
     skip: set[int] | None = None,
+    progress_seconds: float = 5.0,
 ) -> ReplayReport:
     """Send the simulator's payments of ``day`` to the scoring API (``replay``), except those
     after ``until`` and those in ``skip`` (default: the ids the prediction log holds for the
@@ -234,7 +235,9 @@ def replay_day(
     payments = payments[~payments.transaction_id.isin(skip)]
     if until is not None:
         payments = payments[payments.tx_datetime <= pd.Timestamp(until)]
-    report = replay(settings, payments, day, speed, origin, concurrency, on_progress)
+    report = replay(
+        settings, payments, day, speed, origin, concurrency, on_progress, progress_seconds
+    )
     skip.update(payments.transaction_id.tolist())
     return report
 
@@ -278,7 +281,15 @@ def follow(
         chunk_end = now + dt.timedelta(seconds=chunk_seconds)
         day_end = dt.datetime.combine(day, dt.time(), dt.UTC) + DAY
         part = replay_day(
-            settings, day, speed=1.0, origin=now, until=min(chunk_end, day_end), skip=sent
+            settings,
+            day,
+            speed=1.0,
+            origin=now,
+            until=min(chunk_end, day_end),
+            skip=sent,
+            # A catch-up (the part of the day already past) can take minutes: say how it goes.
+            on_progress=lambda r: say(f"sending: {r.line()}"),
+            progress_seconds=30.0,
         )
         _merge(report, part)
         if part.sent:

@@ -26,6 +26,8 @@ import contextlib
 import datetime as dt
 import fcntl
 import os
+import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Protocol
 from pipelines.features.job import RECENT_EVENT_COLUMNS, RECENT_EVENTS_DAYS
 
 if TYPE_CHECKING:
+    import pandas as pd
     from feast import FeatureStore
 
     from pipelines.config import Settings
@@ -44,6 +47,8 @@ CUSTOMER_VIEW = "customer_state"
 CUSTOMER_PUSH = "customer_state_push"
 PAIR_PUSH = "customer_terminal_push"
 ONE_SECOND = dt.timedelta(seconds=1)
+VIEWS_REFRESH_SECONDS = 60.0
+_push_views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,6 @@ def push_payments(store: FeatureStore, transactions: Sequence[Transaction]) -> i
     """Fold ``transactions`` (at most one per card, their cards' locks held) into the online
     state and push it; returns how many changed a state (a retried payment does not)."""
     import pandas as pd
-    from feast.data_source import PushMode
 
     states = read_states(store, [t.customer_id for t in transactions])
     customer_rows, pair_rows = [], []
@@ -212,6 +216,26 @@ def push_payments(store: FeatureStore, transactions: Sequence[Transaction]) -> i
             }
         )
     if customer_rows:
-        store.push(CUSTOMER_PUSH, pd.DataFrame(customer_rows), to=PushMode.ONLINE)
-        store.push(PAIR_PUSH, pd.DataFrame(pair_rows), to=PushMode.ONLINE)
+        push(store, CUSTOMER_PUSH, pd.DataFrame(customer_rows))
+        push(store, PAIR_PUSH, pd.DataFrame(pair_rows))
     return len(customer_rows)
+
+
+def push(store: FeatureStore, source: str, frame: pd.DataFrame) -> None:
+    """``store.push(source, frame)`` to the online store: the feature views that read the push
+    source, each written through the provider's ``ingest_df``, as Feast's push does. The views
+    are resolved once a minute: Feast's push rebuilds every view from the registry's protobufs
+    at each call (~30 ms of the ~35 ms a push took at the default world size)."""
+    at, views = _push_views.get(store, {}).get(source, (-VIEWS_REFRESH_SECONDS, []))
+    if time.monotonic() - at >= VIEWS_REFRESH_SECONDS:
+        views = [
+            v
+            for v in store.list_feature_views()
+            if v.stream_source is not None and v.stream_source.name == source
+        ]
+        if not views:
+            raise ValueError(f"no feature view reads the push source {source!r}")
+        _push_views.setdefault(store, {})[source] = (time.monotonic(), views)
+    provider = store._get_provider()
+    for view in views:
+        provider.ingest_df(view, frame)
