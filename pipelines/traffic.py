@@ -297,7 +297,7 @@ def follow(
         if chunk_end >= day_end:
             say(f"day {day} done: {report.summary()}")
             day += DAY
-            sent, report = set(), ReplayReport(day)
+            sent, report = scored_ids(settings, day), ReplayReport(day)
         time.sleep(max(0.0, (chunk_end - dt.datetime.now(dt.UTC)).total_seconds()))
 
 
