@@ -97,6 +97,7 @@ def entity_rows(settings, n: int, seed: int = 0) -> list[dict]:
         {
             "customer_id": int(r.customer_id),
             "terminal_id": int(r.terminal_id),
+            "transaction_id": -1,  # a payment no state holds
             "tx_amount": round(rng.uniform(5, 200), 2),
             "tx_unix_seconds": now,
         }

@@ -54,6 +54,8 @@ customer_terminal_push = PushSource(
 transaction_request = RequestSource(
     name="transaction_request",
     schema=[
+        # Its id: a payment scored again (a retry) finds itself in its card's streamed state.
+        Field(name="transaction_id", dtype=Int64),
         Field(name="tx_amount", dtype=Float64),
         Field(name="tx_unix_seconds", dtype=Int64),
     ],

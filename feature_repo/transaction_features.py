@@ -68,16 +68,19 @@ def transaction_features(inputs: dict[str, Any]) -> dict[str, Any]:
         when = dt.datetime.fromtimestamp(now, dt.UTC)
         out["tx_during_weekend"].append(int(when.weekday() >= 5))
         out["tx_during_night"].append(int(when.hour <= 6))
-        # The card's payments up to now (a payment scored late must not see later ones). Each
-        # window is (now - n, now] on whole seconds, the scored payment included, as in Spark.
+        # The card's other payments up to now (a payment scored late must not see later ones;
+        # one scored again, a retry, must not see itself). Each window is (now - n, now] on
+        # whole seconds, the scored payment included, as in Spark.
+        own = int(inputs["transaction_id"][i])
         earlier = [
             (int(u), float(a))
-            for u, a in zip(
+            for tid, u, a in zip(
+                payments(inputs["customer_recent_tx_id"][i]),
                 payments(inputs["customer_recent_tx_unix"][i]),
                 payments(inputs["customer_recent_tx_amount"][i]),
                 strict=True,
             )
-            if u <= now
+            if u <= now and tid != own
         ]
         gap = now - max(u for u, _ in earlier) if earlier else None
         others_30d = None

@@ -97,6 +97,7 @@ def fetch(
     entities = {
         "customer_id": [t.customer_id for t in transactions],
         "terminal_id": [t.terminal_id for t in transactions],
+        "transaction_id": [t.transaction_id for t in transactions],
         "tx_amount": amounts,
         "tx_unix_seconds": [unix_seconds(t.tx_datetime) for t in transactions],
     }

@@ -230,6 +230,7 @@ def test_online_service_read_applies_the_on_demand_view(built):
             {
                 "customer_id": int(state.customer_id),
                 "terminal_id": 0,
+                "transaction_id": -1,  # a payment no state holds
                 "tx_amount": 50.0,
                 "tx_unix_seconds": now,
             }
@@ -262,6 +263,7 @@ def test_online_service_read_ages_the_terminal_fraud_streak(built):
             {
                 "customer_id": 0,
                 "terminal_id": int(terminal),
+                "transaction_id": -1,  # a payment no state holds
                 "tx_amount": 5.0,
                 "tx_unix_seconds": now,
             }
@@ -289,6 +291,7 @@ def test_a_pushed_state_is_readable_online(built):
             {
                 "customer_id": 987_654,
                 "terminal_id": 0,
+                "transaction_id": -1,  # a payment no state holds
                 "tx_amount": 20.0,
                 "tx_unix_seconds": int(pushed_at.timestamp()) + 1,
             }

@@ -73,6 +73,7 @@ def _entity_rows(settings) -> list[dict]:
         {
             "customer_id": int(r.customer_id),
             "terminal_id": int(r.terminal_id),
+            "transaction_id": -1,  # a payment no state holds
             "tx_amount": 10.0 + (int(r.customer_id) % 17) * 7.5,
             "tx_unix_seconds": now,
         }

@@ -174,6 +174,7 @@ def test_fetch_builds_the_inputs_in_order_with_defaults_and_flags():
     assert store.entity_rows[0] == {
         "customer_id": [10, 11],
         "terminal_id": [20, 21],
+        "transaction_id": [0, 1],
         "tx_amount": [10.0, 20.0],
         "tx_unix_seconds": [1525176000, 1525176001],
     }
