@@ -155,7 +155,28 @@ class Settings(BaseSettings):
     block_threshold: float = Field(0.8, ge=0, le=1, description="Score from which to block.")
     max_batch_size: int = Field(1000, ge=1, description="Most transactions in one request.")
     serving_workers: int = Field(
-        1, ge=1, description="BentoML worker processes (each polls the champion alias itself)."
+        2,
+        ge=1,
+        description="BentoML worker processes: one survives while a crashed one restarts; "
+        "/reload switches them all.",
+    )
+    serving_max_inflight: int = Field(
+        8,
+        ge=1,
+        description="Requests one worker takes at a time (queued included); more get 503 with "
+        "Retry-After at once instead of a queue.",
+    )
+    serving_max_queue_ms: float = Field(
+        250,
+        gt=0,
+        description="A request that waited longer than this for a worker thread is refused "
+        "(503) instead of worked on after its client gave up.",
+    )
+    serving_max_payment_age_days: float = Field(
+        30,
+        gt=0,
+        description="Payments older than this (server clock) are refused (400): the online "
+        "state no longer describes the card as it was then (the windows' lifetime).",
     )
     model_poll_seconds: float = Field(
         30, gt=0, description="How often serving checks the champion alias."

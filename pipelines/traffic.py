@@ -52,6 +52,7 @@ class ReplayReport:
     sent: int = 0
     scored: int = 0
     errors: int = 0
+    refused: int = 0  # 503 answers (overloaded) that were retried after their Retry-After
     latencies_ms: list[float] = field(default_factory=list)
     decisions: Counter = field(default_factory=Counter)
     error_samples: list[str] = field(default_factory=list)
@@ -66,9 +67,10 @@ class ReplayReport:
     def line(self) -> str:
         p50, p99 = self.percentile(50), self.percentile(99)
         latency = "" if p50 is None else f", p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        refused = f", refused and retried {self.refused:,}" if self.refused else ""
         return (
             f"{self.day}: sent {self.sent:,}/{self.due:,}, scored {self.scored:,}, "
-            f"errors {self.errors:,}{latency}"
+            f"errors {self.errors:,}{refused}{latency}"
         )
 
     def summary(self) -> str:
@@ -108,6 +110,9 @@ def request(payment: pd.Series | tuple) -> dict:
     }
 
 
+MAX_RETRIES = 5  # of a payment the service refused with 503
+
+
 def scoring_url(settings: Settings) -> str:
     return f"http://{settings.serving_host}:{settings.serving_port}"
 
@@ -135,6 +140,13 @@ async def _send_all(
                 await asyncio.shield(before)  # the card's earlier payment answered first
             started = time.perf_counter()
             response = await client.post("/score", json=body)
+            for _ in range(MAX_RETRIES):
+                if response.status_code != 503:
+                    break
+                # Overloaded (or no model yet): the service says when to come back.
+                report.refused += 1
+                await asyncio.sleep(float(response.headers.get("retry-after", 1)))
+                response = await client.post("/score", json=body)
             elapsed = (time.perf_counter() - started) * 1e3
             if response.status_code == 200:
                 report.scored += 1

@@ -13,14 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # A timestamp this far ahead of the server clock is a client bug, not a payment.
 MAX_CLOCK_SKEW = dt.timedelta(days=1)
+MAX_ID = 2**63 - 1  # ids are 64-bit integers in the lake
 
 
 class Transaction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    transaction_id: int = Field(..., ge=0, description="Caller's id, echoed back.")
-    customer_id: int = Field(..., ge=0)
-    terminal_id: int = Field(..., ge=0)
+    transaction_id: int = Field(..., ge=0, le=MAX_ID, description="Caller's id, echoed back.")
+    customer_id: int = Field(..., ge=0, le=MAX_ID)
+    terminal_id: int = Field(..., ge=0, le=MAX_ID)
     tx_amount: float = Field(..., ge=0, le=1_000_000, description="Amount, >= 0 and finite.")
     tx_datetime: dt.datetime = Field(..., description="ISO 8601; no offset means UTC.")
 
@@ -80,3 +81,7 @@ class ModelInfo(BaseModel):
         None, description="The challenger loaded for the experiment (None: none loaded)."
     )
     challenger_last_error: str | None = None
+    workers: dict[str, str | None] | None = Field(
+        None,
+        description="/reload only: the champion version each worker (by pid) serves after it.",
+    )

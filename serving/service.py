@@ -23,8 +23,10 @@ import bentoml
 from pydantic import Field
 
 from pipelines.config import get_settings
-from serving.guard import RequestGuard
+from serving.guard import REQUEST, RequestGuard, refusal
+from serving.openapi import published_spec
 from serving.schemas import ModelInfo, Score, Transaction
+from serving.workers import ReloadBroadcast
 
 if TYPE_CHECKING:
     from serving.model import LoadedModel
@@ -33,12 +35,43 @@ log = logging.getLogger(__name__)
 _settings = get_settings()
 # ~300 bytes per transaction in JSON: room for a full batch, not for abuse.
 MAX_BODY_BYTES = 512 * _settings.max_batch_size + 4096
+RELOAD_WAIT_SECONDS = 20.0  # within BentoML's 30 s request timeout
 
 Batch = Annotated[list[Transaction], Field(min_length=1, max_length=_settings.max_batch_size)]
 
 
 class ServiceUnavailable(bentoml.exceptions.BentoMLException):
     error_code = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class InvalidPayment(bentoml.exceptions.BentoMLException):
+    error_code = HTTPStatus.BAD_REQUEST
+
+
+def refuse_old_payments(transactions: list[Transaction], max_age: dt.timedelta) -> None:
+    """400 naming the first payment dated before ``max_age`` ago (server clock)."""
+    oldest = dt.datetime.now(dt.UTC) - max_age
+    for i, t in enumerate(transactions):
+        if t.tx_datetime < oldest:
+            raise InvalidPayment(
+                refusal(
+                    f"transactions[{i}].tx_datetime: {t.tx_datetime.isoformat()} is older than "
+                    f"{max_age.days} days (FRAUD_SERVING_MAX_PAYMENT_AGE_DAYS): the online "
+                    "state no longer describes the card as it was then"
+                )
+            )
+
+
+def refuse_late_work(max_wait_ms: float) -> None:
+    """503 for a request that waited longer than ``max_wait_ms`` for a thread: its client has
+    likely given up, and working on it would only delay the requests behind it."""
+    state = REQUEST.get()
+    if state is not None and (waited := (time.monotonic() - state.arrived) * 1e3) > max_wait_ms:
+        raise ServiceUnavailable(
+            refusal(
+                f"overloaded: waited {waited:.0f} ms for a worker thread (over {max_wait_ms:.0f})"
+            )
+        )
 
 
 @bentoml.service(name="fraud_scoring", traffic={"timeout": 30}, workers=_settings.serving_workers)
@@ -71,6 +104,8 @@ class FraudScoringService:
                 keep_when_missing=False,
             )
             self.challenger.start()
+        self.reloads = ReloadBroadcast(s.home / "serving" / "workers", self._check_aliases)
+        self.reloads.start(self._serving_version())
         self.card_locks = card_locks(s)
         self.prediction_log = PredictionLog(
             self.settings.predictions_dir, self.settings.prediction_log_flush_seconds
@@ -81,8 +116,19 @@ class FraudScoringService:
         # and ready (model_info then reports status "degraded", registry "unreachable").
         return self.watcher.current is not None
 
+    def _check_aliases(self) -> str | None:
+        self.watcher.check()
+        if self.challenger is not None:
+            self.challenger.check()
+        return self._serving_version()
+
+    def _serving_version(self) -> str | None:
+        model = self.watcher.current
+        return None if model is None else model.version
+
     @bentoml.on_shutdown
     def _flush_log(self) -> None:
+        self.reloads.stop()
         self.prediction_log.close()
         self.watcher.stop()
         if self.challenger is not None:
@@ -93,14 +139,19 @@ class FraudScoringService:
         """Score transactions: probability, decision, model version, feature freshness.
 
         Every scored payment updates its card's online state before the response returns
-        (``serving/stream.py``): the card's next payment reads it.
+        (``serving/stream.py``): the card's next payment reads it. A payment older than
+        ``FRAUD_SERVING_MAX_PAYMENT_AGE_DAYS`` is refused (400): the online state holds the
+        card as it is now, not as it was then.
         """
         from serving.stream import push_payments, rounds
 
         started = time.perf_counter()
+        s = self.settings
+        refuse_late_work(s.serving_max_queue_ms)
+        refuse_old_payments(transactions, dt.timedelta(days=s.serving_max_payment_age_days))
         model = self.watcher.current
         if model is None:
-            raise ServiceUnavailable("no champion model is loaded yet")
+            raise ServiceUnavailable(refusal("no champion model is loaded yet"))
         challenger = self.challenger.current if self.challenger is not None else None
         scores: list[Score | None] = [None] * len(transactions)
         logged: list[dict | None] = [None] * len(transactions)
@@ -203,7 +254,7 @@ class FraudScoringService:
         # dispatch, which blocks a sync endpoint calling another one until it times out.
         model = self.watcher.current
         if model is None:
-            raise ServiceUnavailable("no champion model is loaded yet")
+            raise ServiceUnavailable(refusal("no champion model is loaded yet"))
         watchers = [w for w in (self.watcher, self.challenger) if w is not None]
         registry = "unreachable" if any(w.registry_status != "ok" for w in watchers) else "ok"
         challenger = self.challenger.current if self.challenger is not None else None
@@ -228,15 +279,21 @@ class FraudScoringService:
 
     @bentoml.api
     def reload(self) -> ModelInfo:
-        """Check the aliases now (instead of at the next poll) and swap what moved."""
-        self.watcher.check()
-        if self.challenger is not None:
-            self.challenger.check()
-        return self._model_info()
+        """Check the aliases now (instead of at the next poll) and swap what moved, in every
+        worker of this server: answers once all have (``workers``: how many serve what)."""
+        self._check_aliases()
+        followed = self.reloads.request(timeout=RELOAD_WAIT_SECONDS)
+        info = self._model_info()
+        info.workers = {str(pid): version for pid, version in sorted(followed.items())}
+        return info
 
 
 # BentoML otherwise rebuilds the JSON schema of list[Score] on every response (~0.8 ms CPU).
 FraudScoringService.apis["score"].output_spec.media_type = "application/json"
 FraudScoringService.add_asgi_middleware(
-    RequestGuard, api_key=_settings.serving_api_key, max_body_bytes=MAX_BODY_BYTES
+    RequestGuard,
+    api_key=_settings.serving_api_key,
+    max_body_bytes=MAX_BODY_BYTES,
+    max_inflight=_settings.serving_max_inflight,
+    spec=lambda: published_spec(FraudScoringService.openapi_spec.asdict()),
 )

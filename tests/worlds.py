@@ -32,6 +32,8 @@ ENV = {
     "FRAUD_HISTORY_START": FIRST_DAY.isoformat(),
     "FRAUD_LABEL_DELAY_DAYS": str(LABEL_DELAY_DAYS),
     "FRAUD_SPARK_MASTER": "local[2]",
+    # The world is simulated in 2018: the scoring API must accept its years-old payments.
+    "FRAUD_SERVING_MAX_PAYMENT_AGE_DAYS": "36500",
 }
 
 
