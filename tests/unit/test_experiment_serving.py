@@ -90,7 +90,10 @@ def service(make_settings, monkeypatch):
         svc = object.__new__(FraudScoringService.inner)
         # The write-through needs a real online store: tests/e2e/test_streaming.py covers it.
         svc.settings = make_settings(
-            experiment_mode=mode, experiment_treatment_share=share, serving_stream_features=False
+            experiment_mode=mode,
+            experiment_treatment_share=share,
+            serving_stream_features=False,
+            serving_max_payment_age_days=36500,  # the payments are from 2024
         )
         svc.store = None
         svc.watcher = SimpleNamespace(current=CHAMPION, registry_status="ok", last_error=None)
