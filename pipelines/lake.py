@@ -52,6 +52,13 @@ def remove_stale_tmp(directory: Path) -> int:
     return len(stale)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old or the complete new text."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     """Write ``table`` to ``path`` so that ``path`` is either the old or the complete new file."""
     path.parent.mkdir(parents=True, exist_ok=True)

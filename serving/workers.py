@@ -20,18 +20,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipelines.lake import TMP_SUFFIX
+from pipelines.lake import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 LISTEN_SECONDS = 0.2
 GENERATION = "generation"
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    tmp.write_text(json.dumps(payload))
-    tmp.replace(path)
 
 
 def _alive(pid: int) -> bool:
@@ -73,9 +67,8 @@ class ReloadBroadcast:
         (self.dir / f"worker-{self.pid}.json").unlink(missing_ok=True)
 
     def _ack(self, generation: int, version: str | None) -> None:
-        _write_json(
-            self.dir / f"worker-{self.pid}.json", {"generation": generation, "version": version}
-        )
+        state = {"generation": generation, "version": version}
+        write_text_atomic(self.dir / f"worker-{self.pid}.json", json.dumps(state))
 
     def _run(self) -> None:
         while not self._stop.wait(LISTEN_SECONDS):
@@ -93,9 +86,7 @@ class ReloadBroadcast:
         """Bump the generation and wait until every live worker has followed it (or
         ``timeout``); returns the version each worker that followed now serves."""
         generation = max(time.time_ns(), self.generation() + 1)
-        tmp = self.dir / f".{GENERATION}.{self.pid}{TMP_SUFFIX}"
-        tmp.write_text(str(generation))
-        tmp.replace(self.dir / GENERATION)
+        write_text_atomic(self.dir / GENERATION, str(generation))
         deadline = time.monotonic() + timeout
         while True:
             followed, waiting = self._workers(generation)

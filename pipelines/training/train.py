@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import Settings
 from pipelines.featurestore.store import FEATURE_SERVICE
+from pipelines.lake import write_text_atomic
 from pipelines.training import tracking
 from pipelines.training.protocol import SplitWindows
 
@@ -63,9 +64,7 @@ def workdir_of(settings: Settings, run_id: str) -> Path:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
