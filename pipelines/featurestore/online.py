@@ -38,7 +38,21 @@ class MonotonicSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
 
 
 class MonotonicSqliteOnlineStore(SqliteOnlineStore):
-    """``SqliteOnlineStore`` whose writes keep, per row, the newest event timestamp."""
+    """``SqliteOnlineStore`` whose writes keep, per row, the newest event timestamp.
+
+    The file is in WAL mode with ``synchronous=NORMAL``: a commit (two per scored payment)
+    no longer waits for the disk (~0.75 ms each with the default rollback journal), readers
+    never block the writer, and a committed write survives a crash of any process (a power
+    loss may take back the last commits, as for the prediction log's journal).
+    """
+
+    def _get_conn(self, config: RepoConfig) -> Any:
+        new = self._conn is None
+        conn = super()._get_conn(config)
+        if new:
+            conn.execute("pragma journal_mode=wal")  # persists in the file
+            conn.execute("pragma synchronous=normal")  # per connection
+        return conn
 
     def online_write_batch(
         self,
