@@ -63,6 +63,8 @@ ENV = {
     # A few dozen test frauds in this world: the floor of the real-size default means nothing.
     "FRAUD_PROMOTION_FLOOR": "0.05",
     "FRAUD_MODEL_POLL_SECONDS": "5",
+    # The service follows a challenger alias once one exists (the experiment test sets it).
+    "FRAUD_EXPERIMENT_MODE": "shadow",
     "FRAUD_MONITOR_POKE_SECONDS": "15",
     # The drift the loop must catch: from today, half the customers spend three times more.
     "FRAUD_DRIFT_SPENDING_FROM": TODAY.isoformat(),
@@ -339,6 +341,75 @@ def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
     assert score["model_version"] == after
     champion = load_champion(settings)
     assert champion is not None and champion.version == after  # monitoring's new reference
+
+
+@pytest.mark.timeout(900)
+def test_the_experiment_analysis_reads_the_replayed_traffic(system):
+    """The previous champion comes back as a shadow challenger; the payment network's traffic
+    of today, sent again, is scored by both models, and ``analyze_experiment``, triggered as
+    the UI's Trigger with a ``day`` does, compares them on exactly that traffic: every replayed
+    payment in both arms, none labelled yet (today's chargebacks arrive after the label
+    delay), hence ``iterate``."""
+    import json
+
+    import mlflow
+
+    from pipelines.experiment.analysis import labelled_log
+    from pipelines.registry.gate import CHALLENGER, PREVIOUS_CHAMPION
+    from pipelines.traffic import day_payments, replay_day
+
+    airflow, scoring, api = system
+    settings = airflow.settings
+    client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    previous = client.get_model_version_by_alias(settings.model_name, PREVIOUS_CHAMPION).version
+    client.set_registered_model_alias(settings.model_name, CHALLENGER, previous)
+    try:
+
+        def challenger_loaded() -> bool:
+            info = httpx.post(f"{scoring.url}/reload", json={}, timeout=30).json()
+            return info.get("challenger_version") == str(previous)
+
+        wait_for("the shadow challenger in the service", challenger_loaded, 60)
+        # Today's payments once more (the network retrying them: same ids, same features).
+        replayed = replay_day(settings, TODAY, speed=0, skip=set())
+        assert replayed.errors == 0 and replayed.scored == replayed.due > 0, replayed.summary()
+        sent = set(day_payments(settings, TODAY).transaction_id)
+
+        def shadowed() -> bool:
+            log = labelled_log(settings, TODAY, TODAY)
+            rows = log[log["shadow_model_version"].astype("string") == str(previous)]
+            return set(rows["transaction_id"]) >= sent
+
+        wait_for("the shadow scores in the prediction log", shadowed, 30)
+
+        created = api.post(
+            "/dags/analyze_experiment/dagRuns",
+            json={
+                "logical_date": None,
+                "conf": {"day": TODAY.isoformat(), "window_days": 1, "apply": False},
+            },
+        )
+        assert created.status_code == 200, created.text
+        run_id = created.json()["dag_run_id"]
+        _wait_for_success(api, "analyze_experiment", run_id, timeout=600)
+        verdict = api.get(
+            f"/dags/analyze_experiment/dagRuns/{run_id}/taskInstances/analyze"
+            "/xcomEntries/return_value"
+        ).json()["value"]
+        assert verdict["challenger_version"] == str(previous)
+        record = json.loads(Path(verdict["record"]).read_text())
+        assert record["mode"] == "shadow"
+        assert set(record["arms"]) == {"control", "treatment"}
+        for arm in record["arms"].values():
+            assert arm["rows"] == len(sent) and arm["labelled"] == 0, arm
+        # Nothing ships on no labels; a latency guardrail may kill (shared 2-core machine).
+        assert verdict["decision"] != "ship", verdict
+        if all(g["passed"] for g in record["guardrails"]):
+            assert verdict["decision"] == "iterate", verdict
+            assert any("labelled" in r for r in verdict["reasons"]), verdict
+        assert _task(api, "analyze_experiment", run_id, "publish_champion")["state"] == "skipped"
+    finally:
+        client.delete_registered_model_alias(settings.model_name, CHALLENGER)
 
 
 # --- the same Airflow, as a user meets it ------------------------------------------------------
