@@ -169,7 +169,7 @@ class Settings(BaseSettings):
     serving_max_queue_ms: float = Field(
         250,
         gt=0,
-        description="A request that waited longer than this for a worker thread is refused "
+        description="A request that waited longer than this for its batch is refused "
         "(503) instead of worked on after its client gave up.",
     )
     serving_max_payment_age_days: float = Field(

@@ -5,7 +5,7 @@ Admission: a worker takes at most ``max_inflight`` API requests at a time (queue
 included); past that it answers 503 with ``Retry-After`` at once instead of queueing, so the
 requests it accepts keep their latency and a burst cannot build a queue that outlives its
 clients. Each request carries a ``RequestState`` (``REQUEST``): its arrival time, so the API
-can refuse work that waited too long for a thread after its body arrived
+can refuse work that waited too long for its batch after its body arrived
 (``serving.service``), and the message of
 a refusal. BentoML 1.4 answers an API's exception as a one-element list, and replaces the
 message of any 5xx with a generic one; the guard restores ``{"error": message}``.
@@ -38,7 +38,7 @@ class RequestState:
     error: str | None = None  # the message of the API's refusal, if it refused
 
 
-# Set by the guard for each API request; the API reads and writes it from its thread.
+# Set by the guard for each API request; the API reads and writes it.
 REQUEST: ContextVar[RequestState | None] = ContextVar("request", default=None)
 
 

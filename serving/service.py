@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import os
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,6 +24,7 @@ import bentoml
 from pydantic import Field
 
 from pipelines.config import get_settings
+from serving.batching import NaturalBatcher
 from serving.guard import REQUEST, RequestGuard, refusal
 from serving.openapi import published_spec
 from serving.schemas import ModelInfo, Score, Transaction
@@ -62,16 +64,29 @@ def refuse_old_payments(transactions: list[Transaction], max_age: dt.timedelta) 
             )
 
 
-def refuse_late_work(max_wait_ms: float) -> None:
-    """503 for a request that waited longer than ``max_wait_ms`` for a thread: its client has
-    likely given up, and working on it would only delay the requests behind it."""
-    state = REQUEST.get()
-    if state is not None and (waited := (time.monotonic() - state.arrived) * 1e3) > max_wait_ms:
-        raise ServiceUnavailable(
-            refusal(
-                f"overloaded: waited {waited:.0f} ms for a worker thread (over {max_wait_ms:.0f})"
-            )
-        )
+def waited_too_long(job: ScoreJob, now: float, max_wait_ms: float) -> str | None:
+    """Why ``job`` is refused if it waited longer than ``max_wait_ms`` for its batch (its
+    client has likely given up, and working on it would only delay the requests behind it)."""
+    waited = (now - job.arrived) * 1e3
+    if waited <= max_wait_ms:
+        return None
+    return f"overloaded: waited {waited:.0f} ms for a batch (over {max_wait_ms:.0f})"
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """One /score request as the batcher sees it."""
+
+    transactions: list[Transaction]
+    explain: bool
+    arrived: float  # time.monotonic() when its body was complete
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A job the batch did not score: the request is answered 503 with ``message``."""
+
+    message: str
 
 
 @bentoml.service(name="fraud_scoring", traffic={"timeout": 30}, workers=_settings.serving_workers)
@@ -110,6 +125,9 @@ class FraudScoringService:
         self.prediction_log = PredictionLog(
             self.settings.predictions_dir, self.settings.prediction_log_flush_seconds
         )
+        self.batcher: NaturalBatcher[ScoreJob, list[Score] | Refused] = NaturalBatcher(
+            self.score_jobs
+        )
 
     def __is_ready__(self) -> bool:
         # Ready as soon as a champion is loaded; a registry outage later keeps it serving
@@ -135,52 +153,84 @@ class FraudScoringService:
             self.challenger.stop()
 
     @bentoml.api
-    def score(self, transactions: Batch, explain: bool = False) -> list[Score]:
+    async def score(self, transactions: Batch, explain: bool = False) -> list[Score]:
         """Score transactions: probability, decision, model version, feature freshness.
 
         Every scored payment updates its card's online state before the response returns
         (``serving/stream.py``): the card's next payment reads it. A payment older than
         ``FRAUD_SERVING_MAX_PAYMENT_AGE_DAYS`` is refused (400): the online state holds the
-        card as it is now, not as it was then.
+        card as it is now, not as it was then. Requests that arrive together are scored
+        together (``serving/batching.py``).
         """
+        refuse_old_payments(
+            transactions, dt.timedelta(days=self.settings.serving_max_payment_age_days)
+        )
+        state = REQUEST.get()
+        arrived = state.arrived if state is not None else time.monotonic()
+        result = await self.batcher.submit(ScoreJob(transactions, explain, arrived))
+        if isinstance(result, Refused):
+            raise ServiceUnavailable(refusal(result.message))
+        return result
+
+    def score_jobs(self, jobs: list[ScoreJob]) -> list[list[Score] | Refused]:
+        """Score the payments of ``jobs`` as one batch; log them; one result per job."""
         from serving.stream import push_payments, rounds
 
-        started = time.perf_counter()
         s = self.settings
-        refuse_late_work(s.serving_max_queue_ms)
-        refuse_old_payments(transactions, dt.timedelta(days=s.serving_max_payment_age_days))
+        now = time.monotonic()
+        results: list[list[Score] | Refused | None] = [
+            None
+            if (why := waited_too_long(job, now, s.serving_max_queue_ms)) is None
+            else Refused(why)
+            for job in jobs
+        ]
+        live = [k for k, result in enumerate(results) if result is None]
         model = self.watcher.current
         if model is None:
-            raise ServiceUnavailable(refusal("no champion model is loaded yet"))
+            return [Refused("no champion model is loaded yet")] * len(jobs)
+        if not live:
+            return results  # type: ignore[return-value]
         challenger = self.challenger.current if self.challenger is not None else None
+        transactions = [t for k in live for t in jobs[k].transactions]
+        explain = [jobs[k].explain for k in live for _ in jobs[k].transactions]
         scores: list[Score | None] = [None] * len(transactions)
         logged: list[dict | None] = [None] * len(transactions)
-        stream = self.settings.serving_stream_features
+        stream = s.serving_stream_features
         cards = [t.customer_id for t in transactions]
         with self.card_locks.holding(cards) if stream else contextlib.nullcontext():
             for indexes in rounds(transactions):
                 batch = [transactions[i] for i in indexes]
+                wanted = [explain[i] for i in indexes]
                 for i, (score, row) in zip(
-                    indexes, self._score_round(batch, model, challenger, explain), strict=True
+                    indexes, self._score_round(batch, model, challenger, wanted), strict=True
                 ):
                     scores[i], logged[i] = score, row
                 if stream:
                     push_payments(self.store, batch)
-        now = dt.datetime.now(dt.UTC)
-        latency_ms = round((time.perf_counter() - started) * 1e3, 3)
-        self.prediction_log.append(
-            [{**row, "request_time": now, "latency_ms": latency_ms} for row in logged]
-        )
-        return scores
+        done, request_time = time.monotonic(), dt.datetime.now(dt.UTC)
+        rows, start = [], 0
+        for k in live:
+            n = len(jobs[k].transactions)
+            results[k] = scores[start : start + n]  # type: ignore[assignment]
+            # From the moment its body was complete: the batch it waited for included.
+            latency_ms = round((done - jobs[k].arrived) * 1e3, 3)
+            rows += [
+                {**row, "request_time": request_time, "latency_ms": latency_ms}
+                for row in logged[start : start + n]
+            ]
+            start += n
+        self.prediction_log.append(rows)
+        return results  # type: ignore[return-value]
 
     def _score_round(
         self,
         transactions: list[Transaction],
         model: LoadedModel,
         challenger: LoadedModel | None,
-        explain: bool,
+        explain: list[bool],
     ) -> list[tuple[Score, dict]]:
-        """Scores and prediction-log rows of payments of distinct cards."""
+        """Scores and prediction-log rows of payments of distinct cards (with an explanation
+        where ``explain`` asks for one)."""
         from serving.experiment import score_request
         from serving.features import fetch
         from serving.model import decide
@@ -202,7 +252,8 @@ class FraudScoringService:
         for group in scored.groups:
             served = group.model
             b = group.batch
-            explanations = served.explain(b.inputs) if explain else [None] * len(group.rows)
+            wanted = [explain[i] for i in group.rows]
+            explanations = served.explain(b.inputs) if any(wanted) else [None] * len(wanted)
             features = b.records()
             for j, i in enumerate(group.rows):
                 t = transactions[i]
@@ -216,7 +267,7 @@ class FraudScoringService:
                     unknown_customer=bool(b.unknown_customer[j]),
                     unknown_terminal=bool(b.unknown_terminal[j]),
                     feature_age_seconds=b.feature_age_seconds[j],
-                    explanation=explanations[j],
+                    explanation=explanations[j] if wanted[j] else None,
                     variant=scored.variants[i],
                 )
                 row = {

@@ -7,6 +7,7 @@ only the Feast lookup, the registry watchers and the log writer are replaced.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -108,6 +109,14 @@ def service(make_settings, monkeypatch):
     return build
 
 
+def _score(svc, txs: list[Transaction]) -> list:
+    """One request through the service's batch path (what ``POST /score`` awaits)."""
+    from serving.service import ScoreJob
+
+    (scores,) = svc.score_jobs([ScoreJob(txs, explain=False, arrived=time.monotonic())])
+    return scores
+
+
 def _responses(scores) -> list[tuple]:
     return [
         (s.transaction_id, s.fraud_probability, s.decision, s.model_version, s.variant)
@@ -118,8 +127,8 @@ def _responses(scores) -> list[tuple]:
 def test_shadow_never_changes_a_response_or_decision(service):
     txs = _transactions()
     off, shadow = service("off"), service("shadow")
-    baseline = off.score(txs)
-    shadowed = shadow.score(txs)
+    baseline = _score(off, txs)
+    shadowed = _score(shadow, txs)
     assert _responses(shadowed) == _responses(baseline)
     assert {s.model_version for s in shadowed} == {"1"}
     # The challenger would have decided differently for most of them: the test can fail.
@@ -148,8 +157,8 @@ def test_a_failing_shadow_challenger_changes_nothing_but_is_flagged(service):
     txs = _transactions(20)
     broken = _model("3", Linear(0, 0, fail=True), "challenger")
     svc = service("shadow", broken)
-    shadowed = svc.score(txs)
-    assert _responses(shadowed) == _responses(service("off").score(txs))
+    shadowed = _score(svc, txs)
+    assert _responses(shadowed) == _responses(_score(service("off"), txs))
     rows = svc.prediction_log.rows
     assert all(r["challenger_failed"] and r["shadow_probability"] is None for r in rows)
     assert {r["shadow_model_version"] for r in rows} == {"3"}
@@ -158,7 +167,7 @@ def test_a_failing_shadow_challenger_changes_nothing_but_is_flagged(service):
 def test_ab_routes_treatment_customers_to_the_challenger(service):
     txs = _transactions()
     svc = service("ab", share=0.5)
-    scores = svc.score(txs)
+    scores = _score(svc, txs)
     expected = [assign(t.customer_id, svc.settings.experiment_salt, 0.5) for t in txs]
     assert [s.variant for s in scores] == expected
     assert 40 < expected.count(TREATMENT) < 160
@@ -173,14 +182,14 @@ def test_ab_routes_treatment_customers_to_the_challenger(service):
 
 
 def test_ab_without_a_loaded_challenger_is_all_champion(service):
-    scores = service("ab", challenger=None).score(_transactions(50))
+    scores = _score(service("ab", challenger=None), _transactions(50))
     assert {(s.model_version, s.variant) for s in scores} == {("1", "control")}
 
 
 def test_ab_challenger_failure_falls_back_to_the_champion_and_is_logged(service):
     txs = _transactions(100)
     svc = service("ab", _model("3", Linear(0, 0, fail=True), "challenger"))
-    scores = svc.score(txs)
+    scores = _score(svc, txs)
     assert {s.model_version for s in scores} == {"1"}
     treated = [r for r in svc.prediction_log.rows if r["variant"] == TREATMENT]
     assert treated and all(r["challenger_failed"] for r in treated)

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from serving.guard import REQUEST, RequestGuard, RequestState, refusal
+from serving.guard import REQUEST, RequestGuard, refusal
 from serving.openapi import published_spec
 from serving.schemas import Transaction
 
@@ -91,16 +91,14 @@ def test_an_api_refusal_is_answered_with_its_own_message_and_retry_after():
     assert invalid.headers["content-length"] == str(len(invalid.content))
 
 
-def test_work_that_waited_too_long_for_a_thread_is_refused():
-    from serving.service import ServiceUnavailable, refuse_late_work
+def test_work_that_waited_too_long_for_its_batch_is_refused():
+    from serving.service import ScoreJob, waited_too_long
 
-    token = REQUEST.set(RequestState(arrived=time.monotonic() - 1.0))
-    try:
-        with pytest.raises(ServiceUnavailable, match="waited 1000 ms"):
-            refuse_late_work(250)
-        refuse_late_work(5000)  # within the limit: nothing happens
-    finally:
-        REQUEST.reset(token)
+    job = ScoreJob([], explain=False, arrived=100.0)
+    assert waited_too_long(job, now=101.0, max_wait_ms=250) == (
+        "overloaded: waited 1000 ms for a batch (over 250)"
+    )
+    assert waited_too_long(job, now=101.0, max_wait_ms=5000) is None
 
 
 def test_payments_older_than_the_limit_are_refused_by_index():
