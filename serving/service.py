@@ -64,15 +64,6 @@ def refuse_old_payments(transactions: list[Transaction], max_age: dt.timedelta) 
             )
 
 
-def waited_too_long(job: ScoreJob, now: float, max_wait_ms: float) -> str | None:
-    """Why ``job`` is refused if it waited longer than ``max_wait_ms`` for its batch (its
-    client has likely given up, and working on it would only delay the requests behind it)."""
-    waited = (now - job.arrived) * 1e3
-    if waited <= max_wait_ms:
-        return None
-    return f"overloaded: waited {waited:.0f} ms for a batch (over {max_wait_ms:.0f})"
-
-
 @dataclass(frozen=True)
 class ScoreJob:
     """One /score request as the batcher sees it."""
@@ -87,6 +78,15 @@ class Refused:
     """A job the batch did not score: the request is answered 503 with ``message``."""
 
     message: str
+
+
+def waited_too_long(job: ScoreJob, now: float, max_wait_ms: float) -> str | None:
+    """Why ``job`` is refused if it waited longer than ``max_wait_ms`` for its batch (its
+    client has likely given up, and working on it would only delay the requests behind it)."""
+    waited = (now - job.arrived) * 1e3
+    if waited <= max_wait_ms:
+        return None
+    return f"overloaded: waited {waited:.0f} ms for a batch (over {max_wait_ms:.0f})"
 
 
 @bentoml.service(name="fraud_scoring", traffic={"timeout": 30}, workers=_settings.serving_workers)
@@ -253,7 +253,12 @@ class FraudScoringService:
             served = group.model
             b = group.batch
             wanted = [explain[i] for i in group.rows]
-            explanations = served.explain(b.inputs) if any(wanted) else [None] * len(wanted)
+            # Only the rows whose request asked: an explanation costs a forward per input.
+            asked = [j for j, w in enumerate(wanted) if w]
+            explanations: list[dict | None] = [None] * len(wanted)
+            if asked:
+                for j, e in zip(asked, served.explain(b.inputs.iloc[asked]), strict=True):
+                    explanations[j] = e
             features = b.records()
             for j, i in enumerate(group.rows):
                 t = transactions[i]
@@ -267,7 +272,7 @@ class FraudScoringService:
                     unknown_customer=bool(b.unknown_customer[j]),
                     unknown_terminal=bool(b.unknown_terminal[j]),
                     feature_age_seconds=b.feature_age_seconds[j],
-                    explanation=explanations[j] if wanted[j] else None,
+                    explanation=explanations[j],
                     variant=scored.variants[i],
                 )
                 row = {

@@ -6,6 +6,7 @@ only the Feast lookup, the registry watchers and the log writer are replaced.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from types import SimpleNamespace
@@ -203,3 +204,53 @@ def test_model_info_shows_the_experiment_and_degraded_registry(service):
     svc.challenger.registry_status = "unreachable"
     info = svc._model_info()
     assert (info.status, info.registry_status) == ("degraded", "unreachable")
+
+
+def test_requests_batched_together_get_their_own_scores_and_explanations(service):
+    from serving.service import ScoreJob
+
+    svc = service("off")
+    # Explanations occlude inputs with their training baseline.
+    svc.watcher.current = dataclasses.replace(CHAMPION, baseline={"tx_amount": 500.0})
+    txs = _transactions(6)
+    now = time.monotonic()
+    jobs = [
+        ScoreJob(txs[:2], True, now),
+        ScoreJob(txs[2:3], False, now),
+        ScoreJob(txs[3:], True, now),
+    ]
+    results = svc.score_jobs(jobs)
+    assert [[s.transaction_id for s in r] for r in results] == [[0, 1], [2], [3, 4, 5]]
+    assert [s.explanation is not None for r in results for s in r] == [
+        True,
+        True,
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert _responses([s for r in results for s in r]) == _responses(_score(service("off"), txs))
+    assert [r["transaction_id"] for r in svc.prediction_log.rows] == list(range(6))
+
+
+def test_a_batch_refuses_what_waited_too_long_and_scores_the_rest(service):
+    from serving.service import Refused, ScoreJob
+
+    svc = service("off")
+    txs = _transactions(2)
+    late = time.monotonic() - 10 * svc.settings.serving_max_queue_ms / 1e3
+    stale, fresh = svc.score_jobs(
+        [ScoreJob(txs[:1], False, late), ScoreJob(txs[1:], False, time.monotonic())]
+    )
+    assert isinstance(stale, Refused) and "waited" in stale.message
+    assert [s.transaction_id for s in fresh] == [1]
+    assert [r["transaction_id"] for r in svc.prediction_log.rows] == [1]
+
+
+def test_without_a_champion_every_request_of_the_batch_is_refused(service):
+    from serving.service import Refused, ScoreJob
+
+    svc = service("off")
+    svc.watcher.current = None
+    results = svc.score_jobs([ScoreJob(_transactions(1), False, time.monotonic())])
+    assert [type(r) for r in results] == [Refused] and svc.prediction_log.rows == []
