@@ -12,8 +12,10 @@ readers (who glob ``*.parquet``) see the old file or the new one, never half of 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +42,21 @@ def day_files(table_dir: Path, day: dt.date) -> list[Path]:
     return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
 
 
-def remove_stale_tmp(directory: Path) -> int:
-    """Delete temporary files a killed writer left behind; returns how many."""
+STALE_TMP_SECONDS = 3600.0  # far longer than any write: older ones were left by a killed writer
+
+
+def remove_stale_tmp(directory: Path, older_than: float = STALE_TMP_SECONDS) -> int:
+    """Delete temporary files a killed writer left behind (untouched for ``older_than``
+    seconds: a younger one may be another process's write in progress); returns how many."""
     if not directory.is_dir():
         return 0
-    stale = [
-        p for p in directory.iterdir() if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
-    ]
+    cutoff = time.time() - older_than
+    stale = []
+    for p in directory.iterdir():
+        if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):  # its writer just finished
+                if p.stat().st_mtime < cutoff:
+                    stale.append(p)
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)

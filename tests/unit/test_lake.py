@@ -1,0 +1,24 @@
+"""Atomic lake writes: a writer cleans up what a killed writer left, never another's write."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.lake import STALE_TMP_SECONDS, write_parquet_atomic
+
+
+def test_a_write_removes_stale_temporaries_but_not_another_writers(tmp_path):
+    in_progress = tmp_path / ".part-a.parquet.1234.tmp"  # another worker, writing right now
+    left_behind = tmp_path / ".part-b.parquet.5678.tmp"  # a writer killed long ago
+    in_progress.write_bytes(b"half")
+    left_behind.write_bytes(b"half")
+    old = time.time() - STALE_TMP_SECONDS - 60
+    os.utime(left_behind, (old, old))
+    path = write_parquet_atomic(pa.table({"x": [1, 2]}), tmp_path / "part-c.parquet")
+    assert pq.read_table(path).column("x").to_pylist() == [1, 2]
+    assert in_progress.exists() and not left_behind.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [in_progress.name, "part-c.parquet"]
