@@ -72,6 +72,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     """Write ``table`` to ``path`` so that ``path`` is either the old or the complete new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A temporary of this same file is a killed earlier attempt (one writer owns a file: a
+    # retry); another file's may be another process's write in progress unless it is stale.
+    for leftover in path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
     remove_stale_tmp(path.parent)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
     try:

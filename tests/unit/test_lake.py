@@ -14,8 +14,9 @@ from pipelines.lake import STALE_TMP_SECONDS, write_parquet_atomic
 def test_a_write_removes_stale_temporaries_but_not_another_writers(tmp_path):
     in_progress = tmp_path / ".part-a.parquet.1234.tmp"  # another worker, writing right now
     left_behind = tmp_path / ".part-b.parquet.5678.tmp"  # a writer killed long ago
-    in_progress.write_bytes(b"half")
-    left_behind.write_bytes(b"half")
+    retried = tmp_path / ".part-c.parquet.9abc.tmp"  # this file's attempt killed just now
+    for tmp in (in_progress, left_behind, retried):
+        tmp.write_bytes(b"half")
     old = time.time() - STALE_TMP_SECONDS - 60
     os.utime(left_behind, (old, old))
     path = write_parquet_atomic(pa.table({"x": [1, 2]}), tmp_path / "part-c.parquet")
