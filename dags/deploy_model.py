@@ -1,5 +1,5 @@
-"""Deploy the champion: on the model Asset, build a Bento tagged with the model version,
-smoke-test it as a real server, then switch the running service (it reloads the alias).
+"""Deploy the champion: on the model Asset, build the Bento of its version, smoke-test it as
+a real server, then roll the running service's workers onto that Bento (``serving/deploy.py``).
 """
 
 from __future__ import annotations
@@ -33,35 +33,30 @@ def deploy_model():
 
     @task
     def build_bento(version: str) -> str:
+        from pipelines.config import get_settings
         from serving.deploy import build_bento
 
-        return build_bento(version)
+        return build_bento(get_settings(), version)
 
     @task
-    def smoke_test(tag: str, version: str) -> dict:
+    def smoke_test(tag: str) -> dict:
         from pipelines.config import get_settings
         from pipelines.demo import sample_transactions
         from serving.deploy import smoke_test_bento
 
-        sample = sample_transactions(get_settings(), 1)[0]  # the newest real transaction
-        score = smoke_test_bento(tag, sample)
-        if score["model_version"] != version:
-            raise ValueError(f"bento served v{score['model_version']}, expected v{version}")
-        return score
+        s = get_settings()
+        return smoke_test_bento(s, tag, sample_transactions(s, 1)[0])  # the newest payment
 
     @task
-    def switch_service(version: str) -> dict | None:
+    def roll_service(tag: str) -> list[dict] | None:
         from pipelines.config import get_settings
-        from serving.deploy import switch_running_service
+        from serving.deploy import deploy
 
-        info = switch_running_service(get_settings())
-        if info is not None and info["version"] != version:
-            raise RuntimeError(f"service still serves v{info['version']}: {info}")
-        return info
+        return deploy(get_settings(), tag)
 
     version = champion_version()
     tag = build_bento(version)
-    smoke_test(tag, version) >> switch_service(version)
+    smoke_test(tag) >> roll_service(tag)
 
 
 deploy_model()

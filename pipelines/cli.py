@@ -371,8 +371,8 @@ def services_up() -> None:
         airflow.up()
     with console.status("starting the MLflow UI…"):
         mlflow.up()
-    with console.status("starting the scoring API (bentoml serve)…"):
-        scoring.up()
+    with console.status("starting the scoring API (serving.serve)…"):
+        serving = scoring.up()
     with console.status("starting the dbt docs site and the Feast UI…"):
         docs.up()
         feast_ui.up()
@@ -382,7 +382,7 @@ def services_up() -> None:
         f"[green]Airflow[/]      {airflow.base_url}   login: {login.username} / {login.password}"
     )
     console.print(f"[green]MLflow UI[/]    {mlflow.url}")
-    ready = "ready" if scoring.ready() else "waiting for the first champion model"
+    ready = f"serving {serving}" if scoring.ready() else "waiting for the first deploy"
     console.print(f"[green]Scoring API[/]  {scoring.url}/score   ({ready})")
     docs_state = "lineage graph" if docs.published() else "after the first build_features run"
     console.print(f"[green]dbt docs[/]     {docs.url}   ({docs_state})")

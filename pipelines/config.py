@@ -189,6 +189,25 @@ class Settings(BaseSettings):
         description="Each scored payment updates its card's online state before the response "
         "(off: the online state moves only when build_features materializes).",
     )
+    serving_await_deploy: bool = Field(
+        False,
+        description="Served from the source tree, load no model until a deploy rolls a Bento "
+        "in (what `make up` starts before the first deploy; off: follow the champion alias).",
+    )
+    serving_roll_timeout_seconds: float = Field(
+        180,
+        gt=0,
+        description="A deploy's new workers must all serve within this, or the old ones stay.",
+    )
+    serving_drain_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="A roll drains the old workers this long before stopping them: each "
+        "stops accepting and closes its connections after their next answer.",
+    )
+    bentos_kept: int = Field(
+        3, ge=1, description="Bentos kept in the store after a deploy (the newest ones)."
+    )
 
     # --- experiments: A/B and shadow against the challenger ----------------------------
     experiment_mode: Literal["off", "ab", "shadow"] = Field(

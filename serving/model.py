@@ -246,7 +246,7 @@ class AliasWatcher:
         """Load the aliased version if it differs from the current one; True if swapped."""
         with self._lock:
             try:
-                mv = self.client.get_model_version_by_alias(self.name, self.alias)
+                mv = self._wanted()
             except Exception as exc:  # registry down, alias missing: keep what we have
                 missing = _is_missing(exc)
                 self.registry_status = "ok" if missing else "unreachable"
@@ -274,6 +274,10 @@ class AliasWatcher:
             log.info("%s: now %s v%s (was %s)", self.alias, self.name, mv.version, previous)
             return True
 
+    def _wanted(self) -> Any:
+        """The registry's model version this watcher should serve now."""
+        return self.client.get_model_version_by_alias(self.name, self.alias)
+
     def start(self) -> None:
         self.check()
         self._thread = threading.Thread(target=self._run, name=f"{self.alias}-watcher", daemon=True)
@@ -288,10 +292,24 @@ class AliasWatcher:
 
 
 class ChampionWatcher(AliasWatcher):
-    """The watcher of the ``champion`` alias (what serving decides with)."""
+    """The champion: what serving decides with.
 
-    def __init__(self, tracking_uri: str, name: str, poll_seconds: float) -> None:
+    From the source tree it follows the ``champion`` alias. A deployed Bento pins the version
+    it was built and smoke-tested for (``pinned``): the registry is still asked each poll
+    (so an outage shows in ``registry_status``) but the alias moving changes nothing until
+    the deploy rolls the workers onto the new version's Bento.
+    """
+
+    def __init__(
+        self, tracking_uri: str, name: str, poll_seconds: float, pinned: str | None = None
+    ) -> None:
         super().__init__(tracking_uri, name, poll_seconds, ALIAS, keep_when_missing=True)
+        self.pinned = pinned
+
+    def _wanted(self) -> Any:
+        if self.pinned is None:
+            return super()._wanted()
+        return self.client.get_model_version(self.name, self.pinned)
 
 
 def _is_missing(exc: Exception) -> bool:

@@ -66,6 +66,9 @@ class ModelInfo(BaseModel):
     name: str
     version: str
     alias: str
+    bento: str | None = Field(
+        None, description="The deployed Bento serving it (None: served from the source tree)."
+    )
     feature_service: str | None
     training_window: str | None
     metrics: dict[str, float]

@@ -1,8 +1,12 @@
 """The fraud-scoring API: ``bentoml serve serving.service:FraudScoringService``.
 
 Endpoints: ``POST /score`` (one or many transactions, optional explanation), ``POST
-/model_info``, ``POST /reload`` (check the champion alias now; the deploy DAG calls it), and
-BentoML's own ``/livez``, ``/readyz``, ``/metrics``.
+/model_info``, ``POST /reload`` (check the aliases now, in every worker), and BentoML's own
+``/livez``, ``/readyz``, ``/metrics``.
+
+What serves in production is a Bento (``serving/bento.py``): it pins the model version it was
+built for, and a deploy rolls the workers onto the next Bento (``serving/deploy.py``). From
+the source tree the service follows the ``champion`` alias instead.
 
 With ``FRAUD_EXPERIMENT_MODE=ab|shadow`` the service also follows the ``challenger`` alias and
 routes (A/B) or shadow-scores with it (``serving/experiment.py``); every logged prediction
@@ -25,6 +29,8 @@ from pydantic import Field
 
 from pipelines.config import get_settings
 from serving.batching import NaturalBatcher
+from serving.bento import BENTO_NAME, model_version_of, running_bento
+from serving.drain import ConnectionDrain, drain_on_signal
 from serving.guard import REQUEST, RequestGuard, refusal
 from serving.openapi import published_spec
 from serving.schemas import ModelInfo, Score, Transaction
@@ -89,7 +95,7 @@ def waited_too_long(job: ScoreJob, now: float, max_wait_ms: float) -> str | None
     return f"overloaded: waited {waited:.0f} ms for a batch (over {max_wait_ms:.0f})"
 
 
-@bentoml.service(name="fraud_scoring", traffic={"timeout": 30}, workers=_settings.serving_workers)
+@bentoml.service(name=BENTO_NAME, traffic={"timeout": 30}, workers=_settings.serving_workers)
 class FraudScoringService:
     def __init__(self) -> None:
         from pipelines.featurestore.store import get_store
@@ -105,8 +111,14 @@ class FraudScoringService:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.settings = s = get_settings()
         self.store = get_store(s)
-        self.watcher = ChampionWatcher(s.tracking_uri, s.model_name, s.model_poll_seconds)
-        self.watcher.start()
+        self.bento = running_bento()
+        pinned = None if self.bento is None else model_version_of(self.bento)
+        self.watcher = ChampionWatcher(s.tracking_uri, s.model_name, s.model_poll_seconds, pinned)
+        # `make up` before the first deploy: the source tree holds the port, serving nothing,
+        # until the deploy rolls the first Bento in.
+        self.awaiting_deploy = self.bento is None and s.serving_await_deploy
+        if not self.awaiting_deploy:
+            self.watcher.start()
         # The challenger is loaded (and smoke-tested) off the request path exactly like the
         # champion; it is dropped when its alias goes away (shipped or killed).
         self.challenger: AliasWatcher | None = None
@@ -119,7 +131,9 @@ class FraudScoringService:
                 keep_when_missing=False,
             )
             self.challenger.start()
-        self.reloads = ReloadBroadcast(s.home / "serving" / "workers", self._check_aliases)
+        self.reloads = ReloadBroadcast(
+            s.home / "serving" / "workers", self._check_aliases, bento=self.bento
+        )
         self.reloads.start(self._serving_version())
         self.card_locks = card_locks(s)
         self.prediction_log = PredictionLog(
@@ -135,14 +149,24 @@ class FraudScoringService:
         return self.watcher.current is not None
 
     def _check_aliases(self) -> str | None:
-        self.watcher.check()
+        if not self.awaiting_deploy:
+            self.watcher.check()
         if self.challenger is not None:
             self.challenger.check()
         return self._serving_version()
 
+    def _not_ready(self) -> str:
+        if self.awaiting_deploy:
+            return "no Bento is deployed yet: the deploy_model DAG rolls the first one in"
+        return "no champion model is loaded yet"
+
     def _serving_version(self) -> str | None:
         model = self.watcher.current
         return None if model is None else model.version
+
+    @bentoml.on_startup
+    async def _drain_on_signal(self) -> None:
+        drain_on_signal()  # a roll drains this worker before stopping it (serving/drain.py)
 
     @bentoml.on_shutdown
     def _flush_log(self) -> None:
@@ -187,7 +211,7 @@ class FraudScoringService:
         live = [k for k, result in enumerate(results) if result is None]
         model = self.watcher.current
         if model is None:
-            return [Refused("no champion model is loaded yet")] * len(jobs)
+            return [Refused(self._not_ready())] * len(jobs)
         if not live:
             return results  # type: ignore[return-value]
         challenger = self.challenger.current if self.challenger is not None else None
@@ -310,7 +334,7 @@ class FraudScoringService:
         # dispatch, which blocks a sync endpoint calling another one until it times out.
         model = self.watcher.current
         if model is None:
-            raise ServiceUnavailable(refusal("no champion model is loaded yet"))
+            raise ServiceUnavailable(refusal(self._not_ready()))
         watchers = [w for w in (self.watcher, self.challenger) if w is not None]
         registry = "unreachable" if any(w.registry_status != "ok" for w in watchers) else "ok"
         challenger = self.challenger.current if self.challenger is not None else None
@@ -319,6 +343,7 @@ class FraudScoringService:
             name=model.name,
             version=model.version,
             alias=model.alias,
+            bento=self.bento,
             feature_service=model.feature_service,
             training_window=model.training_window,
             metrics=model.metrics,
@@ -336,7 +361,8 @@ class FraudScoringService:
     @bentoml.api
     def reload(self) -> ModelInfo:
         """Check the aliases now (instead of at the next poll) and swap what moved, in every
-        worker of this server: answers once all have (``workers``: how many serve what)."""
+        worker of this server: answers once all have (``workers``: how many serve what). A
+        Bento's champion is pinned: there only the challenger can move."""
         self._check_aliases()
         followed = self.reloads.request(timeout=RELOAD_WAIT_SECONDS)
         info = self._model_info()
@@ -346,6 +372,7 @@ class FraudScoringService:
 
 # BentoML otherwise rebuilds the JSON schema of list[Score] on every response (~0.8 ms CPU).
 FraudScoringService.apis["score"].output_spec.media_type = "application/json"
+FraudScoringService.add_asgi_middleware(ConnectionDrain)
 FraudScoringService.add_asgi_middleware(
     RequestGuard,
     api_key=_settings.serving_api_key,

@@ -38,12 +38,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def server_dir(root: Path, server_pid: int) -> Path:
+    """Where the workers of the server ``server_pid`` (their parent) say what they serve."""
+    return root / f"{socket.gethostname()}-{server_pid}"
+
+
+def serving_workers(root: Path, server_pid: int) -> list[dict]:
+    """What each live worker of the server ``server_pid`` last said it serves (its pid,
+    reload generation, champion version and Bento)."""
+    states = []
+    for path in server_dir(root, server_pid).glob("worker-*.json"):
+        pid = int(path.stem.removeprefix("worker-"))
+        if not _alive(pid):
+            continue
+        try:
+            states.append({"pid": pid, **json.loads(path.read_text())})
+        except (FileNotFoundError, ValueError):
+            continue  # written atomically: only a worker that just stopped
+    return states
+
+
 class ReloadBroadcast:
     """This worker's side: follow the server's reload generation, and bump it."""
 
-    def __init__(self, root: Path, on_reload: Callable[[], str | None]) -> None:
-        """``on_reload`` checks the aliases and returns the champion version now served."""
-        self.dir = root / f"{socket.gethostname()}-{os.getppid()}"
+    def __init__(
+        self, root: Path, on_reload: Callable[[], str | None], bento: str | None = None
+    ) -> None:
+        """``on_reload`` checks the aliases and returns the champion version now served;
+        ``bento``: the Bento this worker runs (a deploy waits for the new one's workers)."""
+        self.dir = server_dir(root, os.getppid())
+        self.bento = bento
         self.dir.mkdir(parents=True, exist_ok=True)
         self.on_reload = on_reload
         self.pid = os.getpid()
@@ -67,7 +91,7 @@ class ReloadBroadcast:
         (self.dir / f"worker-{self.pid}.json").unlink(missing_ok=True)
 
     def _ack(self, generation: int, version: str | None) -> None:
-        state = {"generation": generation, "version": version}
+        state = {"generation": generation, "version": version, "bento": self.bento}
         write_text_atomic(self.dir / f"worker-{self.pid}.json", json.dumps(state))
 
     def _run(self) -> None:

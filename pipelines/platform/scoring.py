@@ -1,12 +1,17 @@
-"""The scoring API (``bentoml serve``) as a local process.
+"""The scoring API (BentoML's server under ``serving/serve.py``) as a local process, and the
+record of deployed Bentos.
 
-``ScoringService`` is the detached one ``make up`` starts and tracks by PID file;
-``BentoProcess`` a child of the caller on a spare port: the deploy step's smoke test of a new
-Bento, and the serving tests and benchmark.
+``ScoringService`` is the detached one ``make up`` starts and tracks by PID file: it serves
+the newest deployed Bento and follows the record of deployed ones (``serving/serve.py``: a
+deploy rolls its workers), or, before the first deploy, holds the port from the source tree
+with no model. ``BentoProcess`` is a
+child of the caller on a spare port: the deploy step's smoke test of a new Bento, and the
+serving tests and benchmark.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,10 +23,92 @@ from pathlib import Path
 import httpx
 
 from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.lake import write_text_atomic
 from pipelines.platform.mlflow import healthy
 from pipelines.platform.process import ManagedProcess, free_port, wait_until
 
 SERVICE = "serving.service:FraudScoringService"
+
+
+def bentoml_env(settings: Settings) -> dict[str, str]:
+    """The environment every ``bentoml`` command and server of this home runs with."""
+    return {
+        **os.environ,
+        # bentoml build looks for uv on PATH; the venv's bin has it.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "BENTOML_DO_NOT_TRACK": "True",
+        # The Bento store is runtime state of this home, not of the user's ~/bentoml.
+        "BENTOML_HOME": str(settings.home / "bentoml"),
+        "FRAUD_HOME": str(settings.home),
+    }
+
+
+def bentoml_cli(settings: Settings, *args: str, check: bool = True) -> str:
+    """Run ``bentoml <args>`` on this home's Bento store; its standard output."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "bentoml"), *args],
+        cwd=PROJECT_ROOT,
+        env=bentoml_env(settings),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check and out.returncode != 0:
+        raise RuntimeError(f"bentoml {args[0]} failed: {out.stderr[-2000:] or out.stdout[-2000:]}")
+    return out.stdout
+
+
+def bento_exists(settings: Settings, tag: str) -> bool:
+    return bool(bentoml_cli(settings, "get", tag, "-o", "path", check=False).strip())
+
+
+def _deployed_file(settings: Settings) -> Path:
+    return settings.home / "serving" / "deployed.json"
+
+
+def deployed_bentos(settings: Settings) -> list[str]:
+    """The Bentos deployed so far, oldest first (``serving/deploy.py`` appends)."""
+    try:
+        return list(json.loads(_deployed_file(settings).read_text())["bentos"])
+    except FileNotFoundError:
+        return []
+
+
+def record_deployed(settings: Settings, bentos: list[str]) -> None:
+    path = _deployed_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"bentos": bentos}, indent=1))
+
+
+def current_bento(settings: Settings) -> str | None:
+    """What `make up` serves: the newest deployed Bento still in the store."""
+    for tag in reversed(deployed_bentos(settings)):
+        if bento_exists(settings, tag):
+            return tag
+    return None
+
+
+def control_file(settings: Settings) -> Path:
+    """Where ``serving/serve.py`` keeps its record (pid, what it serves, a heartbeat)."""
+    return settings.home / "run" / "scoring-control.json"
+
+
+def roll_status_file(settings: Settings) -> Path:
+    """Where ``serving/serve.py`` writes the outcome of its last roll."""
+    return settings.home / "run" / "scoring-rolled.json"
+
+
+HEARTBEAT_SECONDS = 10.0  # serve.py refreshes its record every second
+
+
+def running_server(settings: Settings) -> dict | None:
+    """The record of the ``serving/serve.py`` following this home, or None if none has
+    refreshed it lately (by heartbeat, not pid: it may run in another container)."""
+    try:
+        record = json.loads(control_file(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return record if time.time() - record["heartbeat"] < HEARTBEAT_SECONDS else None
 
 
 class ScoringService:
@@ -32,29 +119,28 @@ class ScoringService:
     def url(self) -> str:
         return f"http://{self.settings.serving_host}:{self.settings.serving_port}"
 
-    def process(self) -> ManagedProcess:
+    def process(self, target: str = SERVICE) -> ManagedProcess:
         s = self.settings
-        command = [
-            str(Path(sys.executable).parent / "bentoml"),
-            "serve",
-            SERVICE,
-            "--host",
-            s.serving_host,
-            "--port",
-            str(s.serving_port),
-        ]
+        command = [sys.executable, "-m", "serving.serve", target, "--host", s.serving_host]
+        command += ["--port", str(s.serving_port)]
         return ManagedProcess("bentoml-serve", command, s.home / "run", s.home / "logs")
 
-    def up(self, timeout: float = 120.0) -> None:
-        """Start it and wait until it is alive (ready only once a champion exists). One that
-        is not alive in time is stopped (its supervisor would restart a crashing worker
-        forever), then a ``RuntimeError`` names its log."""
-        env = {**os.environ, "FRAUD_HOME": str(self.settings.home), "BENTOML_DO_NOT_TRACK": "True"}
-        proc = self.process()
+    def up(self, timeout: float = 120.0) -> str:
+        """Start it and wait until it is alive (ready only once a model is loaded); returns
+        what it serves (a Bento tag, or the source tree's service). One that is not alive in
+        time is stopped (its supervisor would restart a crashing worker forever), then a
+        ``RuntimeError`` names its log."""
+        env = bentoml_env(self.settings)
+        target = current_bento(self.settings)
+        if target is None:
+            target = SERVICE
+            env["FRAUD_SERVING_AWAIT_DEPLOY"] = "true"
+        proc = self.process(target)
         pid = proc.start(env, cwd=PROJECT_ROOT)
         if not wait_until(lambda: healthy(f"{self.url}/livez"), timeout=timeout, interval=1.0):
             proc.stop(pid=pid)
             raise RuntimeError(f"scoring API not alive after {timeout:.0f}s: {proc.log_file}")
+        return target
 
     def ready(self) -> bool:
         return healthy(f"{self.url}/readyz")

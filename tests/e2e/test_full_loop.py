@@ -3,8 +3,8 @@
 A fresh home, a small world and a short history (protocol shrunk to 3/2/3 days so it fits):
 Airflow's catchup ingests the history, the Asset chain builds the features, ``build_features``
 starts the first ``train_model`` by itself, the promotion emits the model Asset, ``deploy_model``
-builds and smoke-tests a Bento and switches the running ``bentoml serve`` — which then answers
-with version 1. Nobody triggers anything.
+builds and smoke-tests the Bento of version 1 and rolls the running scoring API onto it —
+which answers with version 1. Nobody triggers anything.
 
 Then the loop closes: a spending drift is switched on from today, the first live day; the
 payment network replays today's payments through ``/score``; today is ingested (as the UI's

@@ -15,7 +15,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import load_settings
 from pipelines.featurestore import store
 from tests.e2e.serving_world import MAX_BATCH, register_model, serve, transaction
 from tests.waiting import wait_for
@@ -226,23 +225,6 @@ def test_batch_scoring_writes_a_whole_day_idempotently(world):
     assert again.path == first.path
     rescored = pq.read_table(again.path).to_pandas()
     pd.testing.assert_series_equal(rescored.fraud_probability, table.fraud_probability)
-
-
-def test_deploy_builds_smoke_tests_and_switches_the_running_service(server, world, monkeypatch):
-    import mlflow
-
-    from serving.deploy import build_bento, smoke_test_bento, switch_running_service
-
-    settings = world["settings"]
-    client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    version = str(client.get_model_version_by_alias(settings.model_name, "champion").version)
-    tag = build_bento(version)
-    assert tag.endswith(f"model-v{version}")
-    score = smoke_test_bento(tag, transaction(world["mart"]))
-    assert score["model_version"] == version
-    monkeypatch.setenv("FRAUD_SERVING_PORT", str(server.port))
-    info = switch_running_service(load_settings())
-    assert info is not None and info["version"] == version
 
 
 def test_served_score_equals_the_offline_score_for_the_same_state(server, world):

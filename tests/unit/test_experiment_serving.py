@@ -98,6 +98,7 @@ def service(make_settings, monkeypatch):
             serving_max_payment_age_days=36500,  # the payments are from 2024
         )
         svc.store = None
+        svc.bento, svc.awaiting_deploy = None, False  # the source tree
         svc.watcher = SimpleNamespace(current=CHAMPION, registry_status="ok", last_error=None)
         svc.challenger = (
             None
