@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from pipelines.config import Settings, get_settings
 from pipelines.lake import write_text_atomic
 from pipelines.platform.scoring import (
@@ -58,6 +60,7 @@ def say(message: str) -> None:
     print(f"{stamp} [INFO] [serve] {message}", flush=True)
 
 
+STARTUP_SECONDS = 120.0  # the arbiter spawning its workers (not their loading: they do that alone)
 WATCHER_PREFIX = "service"  # BentoML names the API workers' watcher "service"
 
 
@@ -158,13 +161,17 @@ def serve(target: str, host: str, port: int) -> None:
 
     settings = get_settings()
     control, status = control_file(settings), roll_status_file(settings)
+    control.parent.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     server = bentoml.serve(target, host=host, port=port, production=True, blocking=False)
     # The arbiter starts in its own thread: not "running" until its watchers have started.
-    while not server.running and not stop.wait(0.1):
-        pass
+    # Wait for that even when asked to stop meanwhile: stopping a starting arbiter fails
+    # (circus: "already running arbiter_start_watchers") and leaves its workers behind.
+    started = time.monotonic()
+    while not server.running and time.monotonic() - started < STARTUP_SECONDS:
+        time.sleep(0.1)
     roller = Roller(server.arbiter, settings)
     state = {"pid": os.getpid(), "target": target}
     failed: str | None = None
@@ -198,6 +205,16 @@ def serve(target: str, host: str, port: int) -> None:
         beating.join()
         control.unlink(missing_ok=True)
         server.stop()
+        # Stopped while the arbiter was still starting, it may have spawned workers after its
+        # own stop: none may outlive this process.
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.terminate()
+        _, alive = psutil.wait_procs(children, timeout=settings.serving_drain_seconds + 20)
+        for child in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 def main() -> None:
