@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -72,7 +73,37 @@ class LoadedModel:
         if got.shape != expected.shape or not np.array_equal(got, expected, equal_nan=True):
             log.warning("%s v%s: unwrapped model disagrees with pyfunc", self.name, self.version)
             return None
-        return module
+        return self._compiled(module, probe)
+
+    def _compiled(self, module: Any, probe: np.ndarray) -> Any:
+        """``module`` traced and frozen by TorchScript, if it scores exactly as ``module`` on
+        the probe at every batch size tried; else ``module``.
+
+        The ensemble's forward is ~55 small module calls: TorchScript runs the same operators
+        without Python's per-call overhead (measured on the champion ``make up`` trains, 6
+        members, 4 rows: 0.61 ms -> 0.29 ms of CPU per forward).
+        """
+        import torch
+
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                # TorchScript is deprecated in favour of torch.compile, which compiles with a C
+                # toolchain at load time; the trace also bakes each member's "has binned
+                # encodings" branch in as a constant, which it is (the check below proves the
+                # scores equal).
+                warnings.simplefilter("ignore")
+                example = torch.from_numpy(np.ascontiguousarray(probe[:4], dtype=np.float32))
+                compiled = torch.jit.freeze(torch.jit.trace(module.eval(), example))
+            rows = np.vstack([probe] * 4)  # as many rows as an explained batch of a few
+            for n in (1, 3, len(probe), len(rows)):
+                eager = _run_module(module, rows[:n], self.TORCH_THREADS)
+                traced = _run_module(compiled, rows[:n], self.TORCH_THREADS)
+                if not np.array_equal(eager, traced, equal_nan=True):
+                    raise ValueError(f"scores differ on {n} rows")
+        except Exception as exc:  # any failure keeps the eager module: never a worse answer
+            log.warning("%s v%s: serving the eager module (%s)", self.name, self.version, exc)
+            return module
+        return compiled
 
     def _probe(self) -> np.ndarray:
         """Baseline inputs and scaled variants of them: rows that exercise every column."""

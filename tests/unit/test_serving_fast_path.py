@@ -82,6 +82,9 @@ def test_unwrapped_model_scores_exactly_as_pyfunc(pyfunc_model):
     predictor, raw = pyfunc_model
     model = _loaded(predictor, raw)
     assert model.direct is not None  # the fast path is on for the pytorch flavour
+    import torch
+
+    assert isinstance(model.direct, torch.jit.ScriptModule)  # traced and frozen
     frame = pd.DataFrame(raw[:50], columns=INPUTS)
     frame.iloc[3, 2] = np.nan  # a missing feature: the model's own NaN handling applies
     expected = _pyfunc_scores(predictor, frame)
@@ -89,6 +92,29 @@ def test_unwrapped_model_scores_exactly_as_pyfunc(pyfunc_model):
     # Columns in another order are put back in the model's order, not scored as given.
     np.testing.assert_array_equal(model.predict(frame[INPUTS[::-1]]), expected)
     np.testing.assert_array_equal(model.predict(frame.to_numpy()), expected)
+
+
+def test_a_compiled_model_that_scores_differently_is_not_served(pyfunc_model, monkeypatch, caplog):
+    import torch
+
+    predictor, raw = pyfunc_model
+    real_trace = torch.jit.trace
+
+    class Skewed(torch.nn.Module):  # a compilation that changes the scores a little
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) * 0.999
+
+    monkeypatch.setattr(torch.jit, "trace", lambda module, x: real_trace(Skewed(module).eval(), x))
+    with caplog.at_level("WARNING", logger="serving.model"):
+        model = _loaded(predictor, raw)
+    assert "scores differ" in caplog.text
+    assert model.direct is predictor.get_raw_model()  # the eager module, exact
+    frame = pd.DataFrame(raw[:50], columns=INPUTS)
+    np.testing.assert_array_equal(model.predict(frame), _pyfunc_scores(predictor, frame))
 
 
 def test_explain_matches_one_occlusion_per_input(pyfunc_model):
@@ -122,18 +148,36 @@ def test_other_flavours_keep_pyfunc():
 
 
 class FakeStore:
-    """Answers like FeatureStore.get_online_features(...).to_dict() for fixed rows."""
+    """Answers like FeatureStore.get_online_features(...).to_dict() for fixed rows, for a
+    feature service of one view holding every feature of ``online`` (and the on-demand views
+    ``on_demand``, each a stand-in with ``name`` and ``transform_dict``)."""
 
-    def __init__(self, online: dict[str, list]) -> None:
+    def __init__(self, online: dict[str, list], on_demand: tuple = ()) -> None:
         self.online = online
+        self.on_demand = list(on_demand)
         self.service_lookups = 0
         self.entity_rows: list = []
+        self.features: list = []
 
     def get_feature_service(self, name: str, allow_cache: bool = False) -> object:
         self.service_lookups += 1
-        return SimpleNamespace(name=name)
+        view = SimpleNamespace(
+            name="stored",
+            name_to_use=lambda: "stored",
+            features=[SimpleNamespace(name=c) for c in self.online],
+        )
+        odfvs = [SimpleNamespace(name=v.name) for v in self.on_demand]
+        return SimpleNamespace(name=name, feature_view_projections=[view, *odfvs])
+
+    def list_on_demand_feature_views(self, allow_cache: bool = False) -> list:
+        return self.on_demand
+
+    def get_feature_view(self, name: str, allow_registry_cache: bool = False) -> object:
+        keys = ("customer_id", "terminal_id")
+        return SimpleNamespace(entity_columns=[SimpleNamespace(name=k) for k in keys])
 
     def get_online_features(self, features: object, entity_rows: object) -> SimpleNamespace:
+        self.features.append(features)
         self.entity_rows.append(entity_rows)
         return SimpleNamespace(to_dict=lambda: dict(self.online))
 
@@ -157,7 +201,7 @@ ONLINE = {
 
 
 def test_fetch_builds_the_inputs_in_order_with_defaults_and_flags():
-    features.feature_services.clear()
+    features.read_plans.clear()
     store = FakeStore(ONLINE)
     batch = fetch(store, "fraud_model_v1", INPUTS, [_tx(0, 10.0), _tx(1, 20.0)])
     assert batch.inputs.columns.tolist() == INPUTS
@@ -170,38 +214,61 @@ def test_fetch_builds_the_inputs_in_order_with_defaults_and_flags():
     assert batch.unknown_terminal.tolist() == [True, False]
     assert batch.unknown_customer.tolist() == [False, True]
     assert batch.feature_age_seconds == [600.0, None]
-    # Entity rows carry the request-time inputs of the on-demand view.
-    assert store.entity_rows[0] == {
-        "customer_id": [10, 11],
-        "terminal_id": [20, 21],
-        "transaction_id": [0, 1],
-        "tx_amount": [10.0, 20.0],
-        "tx_unix_seconds": [1525176000, 1525176001],
-    }
+    # One read of the service's views, keyed by their join keys only.
+    assert store.entity_rows == [{"customer_id": [10, 11], "terminal_id": [20, 21]}]
+    assert store.features == [[f"stored:{c}" for c in ONLINE]]
+
+
+def test_on_demand_views_see_the_read_and_the_request_and_add_their_features():
+    features.read_plans.clear()
+    seen: list[dict] = []
+
+    def transform_dict(inputs: dict) -> dict:
+        seen.append(dict(inputs))
+        return {"terminal_risk_7d": [0.5, 0.75]}
+
+    online = {k: v for k, v in ONLINE.items() if k != "terminal_risk_7d"}
+    source = SimpleNamespace(
+        name_to_use=lambda: "stored", features=[SimpleNamespace(name="customer_nb_tx_1d_now")]
+    )
+    view = SimpleNamespace(
+        name="on_demand",
+        transform_dict=transform_dict,
+        source_feature_view_projections={"stored": source},
+    )
+    batch = fetch(
+        FakeStore(online, (view,)), "fraud_model_v1", INPUTS, [_tx(0, 10.0), _tx(1, 20.0)]
+    )
+    assert batch.inputs["terminal_risk_7d"].tolist() == [0.5, 0.75]
+    # The request-time inputs beside the stored features.
+    assert seen[0]["transaction_id"] == [0, 1]
+    assert seen[0]["tx_amount"] == [10.0, 20.0]
+    assert seen[0]["tx_unix_seconds"] == [1525176000, 1525176001]
+    assert seen[0]["customer_nb_tx_1d_now"] == [3, 1]
 
 
 def test_missing_non_terminal_feature_stays_nan():
-    features.feature_services.clear()
+    features.read_plans.clear()
     online = {**ONLINE, "customer_avg_amount_7d_now": [None, 12.0]}
     batch = fetch(FakeStore(online), "fraud_model_v1", INPUTS, [_tx(0, 10.0), _tx(1, 20.0)])
     assert np.isnan(batch.inputs["customer_avg_amount_7d_now"].iloc[0])
 
 
 def test_feature_service_is_resolved_once_per_cache_period(monkeypatch):
-    features.feature_services.clear()
+    features.read_plans.clear()
     store = FakeStore(ONLINE)
     for _ in range(5):
         fetch(store, "fraud_model_v1", INPUTS, [_tx(0, 10.0), _tx(1, 20.0)])
     assert store.service_lookups == 1
     monkeypatch.setattr(features, "SERVICE_CACHE_SECONDS", 0.0)
-    features.feature_services.clear()
+    features.read_plans.clear()
     for _ in range(3):
         fetch(store, "fraud_model_v1", INPUTS, [_tx(0, 10.0), _tx(1, 20.0)])
     assert store.service_lookups == 4  # expired every time: looked up again
 
 
 def test_a_service_without_a_model_input_is_an_error():
-    features.feature_services.clear()
+    features.read_plans.clear()
     online = {k: v for k, v in ONLINE.items() if k != "terminal_risk_7d"}
     with pytest.raises(RuntimeError, match="terminal_risk_7d"):
         fetch(FakeStore(online), "fraud_model_v1", INPUTS, [_tx(0, 10.0), _tx(1, 20.0)])
