@@ -3,7 +3,8 @@
     bentoml serve bench.echo_service:EchoService
 
 Same request schema (``serving.schemas.Transaction``, validated by pydantic the same way),
-same response schema (``Score``), same sync endpoint style, and the scoring service's own
+same response schema (``Score``), same endpoint style (``async``: BentoML runs it on the
+worker's event loop, as it runs the scoring API), and the scoring service's own
 ``@bentoml.service`` settings (workers, threads, logging, traffic) and output media type,
 copied from it, so a settings change moves the floor too; it answers a constant score
 instead of reading features and running a model. What the scoring service costs beyond this
@@ -26,7 +27,7 @@ Batch = Annotated[list[Transaction], Field(min_length=1, max_length=1000)]
 @bentoml.service(name="echo_scoring", **FraudScoringService.config)
 class EchoService:
     @bentoml.api
-    def score(self, transactions: Batch, explain: bool = False) -> list[Score]:
+    async def score(self, transactions: Batch, explain: bool = False) -> list[Score]:
         """Echo each transaction back as an 'approve' with probability 0."""
         return [
             Score(
