@@ -38,6 +38,7 @@ from serving.workers import ReloadBroadcast
 
 if TYPE_CHECKING:
     from serving.model import LoadedModel
+    from serving.stream import CustomerState
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
@@ -98,6 +99,7 @@ def waited_too_long(job: ScoreJob, now: float, max_wait_ms: float) -> str | None
 @bentoml.service(name=BENTO_NAME, traffic={"timeout": 30}, workers=_settings.serving_workers)
 class FraudScoringService:
     def __init__(self) -> None:
+        from pipelines.featurestore.online import checkpoint_in_background
         from pipelines.featurestore.store import get_store
         from serving.model import CHALLENGER_ALIAS, AliasWatcher, ChampionWatcher
         from serving.prediction_log import PredictionLog
@@ -111,6 +113,7 @@ class FraudScoringService:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.settings = s = get_settings()
         self.store = get_store(s)
+        self.checkpointer = checkpoint_in_background(self.store)
         self.bento = running_bento()
         pinned = None if self.bento is None else model_version_of(self.bento)
         self.watcher = ChampionWatcher(s.tracking_uri, s.model_name, s.model_poll_seconds, pinned)
@@ -172,6 +175,8 @@ class FraudScoringService:
     def _flush_log(self) -> None:
         self.reloads.stop()
         self.prediction_log.close()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.watcher.stop()
         if self.challenger is not None:
             self.challenger.stop()
@@ -225,12 +230,11 @@ class FraudScoringService:
             for indexes in rounds(transactions):
                 batch = [transactions[i] for i in indexes]
                 wanted = [explain[i] for i in indexes]
-                for i, (score, row) in zip(
-                    indexes, self._score_round(batch, model, challenger, wanted), strict=True
-                ):
+                scored, states = self._score_round(batch, model, challenger, wanted)
+                for i, (score, row) in zip(indexes, scored, strict=True):
                     scores[i], logged[i] = score, row
                 if stream:
-                    push_payments(self.store, batch)
+                    push_payments(self.store, batch, states)
         done, request_time = time.monotonic(), dt.datetime.now(dt.UTC)
         rows, start = [], 0
         for k in live:
@@ -252,9 +256,10 @@ class FraudScoringService:
         model: LoadedModel,
         challenger: LoadedModel | None,
         explain: list[bool],
-    ) -> list[tuple[Score, dict]]:
+    ) -> tuple[list[tuple[Score, dict]], dict[int, CustomerState]]:
         """Scores and prediction-log rows of payments of distinct cards (with an explanation
-        where ``explain`` asks for one)."""
+        where ``explain`` asks for one), and the cards' streamed states read with their
+        features (when the write-through is on)."""
         from serving.experiment import score_request
         from serving.features import fetch
         from serving.model import decide
@@ -267,8 +272,11 @@ class FraudScoringService:
             mode=s.experiment_mode,
             share=s.experiment_treatment_share,
             salt=s.experiment_salt,
-            fetch=lambda m, txs: fetch(self.store, m.feature_service, m.inputs, txs),
+            fetch=lambda m, txs: fetch(
+                self.store, m.feature_service, m.inputs, txs, with_states=s.serving_stream_features
+            ),
         )
+        states: dict[int, CustomerState] = {}
         shadow_latency = (
             None if scored.shadow_latency_ms is None else round(scored.shadow_latency_ms, 3)
         )
@@ -284,6 +292,7 @@ class FraudScoringService:
                 for j, e in zip(asked, served.explain(b.inputs.iloc[asked]), strict=True):
                     explanations[j] = e
             features = b.records()
+            states |= b.states or {}
             for j, i in enumerate(group.rows):
                 t = transactions[i]
                 p = float(group.probabilities[j])
@@ -322,7 +331,7 @@ class FraudScoringService:
                     "shadow_latency_ms": shadow_latency,
                 }
                 results[i] = (score, row)
-        return results
+        return results, states  # type: ignore[return-value]
 
     @bentoml.api
     def model_info(self) -> ModelInfo:

@@ -31,12 +31,13 @@ import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipelines.features.job import RECENT_EVENT_COLUMNS, RECENT_EVENTS_DAYS
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
+    from feast.online_response import OnlineResponse
 
     from pipelines.config import Settings
     from serving.schemas import Transaction
@@ -165,18 +166,27 @@ def card_locks(settings: Settings) -> CardLocks:
     return FileCardLocks(settings.feast_dir / "card-locks")
 
 
+STATE_REFS = [f"{CUSTOMER_VIEW}:{c}" for c in RECENT_EVENT_COLUMNS]
+
+
 def read_states(store: FeatureStore, customer_ids: Sequence[int]) -> dict[int, CustomerState]:
     """The online state of each customer (``EMPTY`` when there is none)."""
     unique = sorted(set(customer_ids))
-    response = store.get_online_features(
-        features=[f"{CUSTOMER_VIEW}:{c}" for c in RECENT_EVENT_COLUMNS],
-        entity_rows={"customer_id": unique},
-    )
-    values = response.to_dict()
+    response = store.get_online_features(features=STATE_REFS, entity_rows={"customer_id": unique})
+    return states_in(response, unique)
+
+
+def states_in(
+    response: OnlineResponse, customer_ids: Sequence[int], values: dict | None = None
+) -> dict[int, CustomerState]:
+    """The customer states in an online response that read ``STATE_REFS`` for entity rows of
+    ``customer_ids`` (one per row, in order; a customer may repeat); ``values``: the
+    response's ``to_dict()`` if the caller has it already."""
+    values = response.to_dict() if values is None else values
     names = list(response.proto.metadata.feature_names.val)
     stamps = response.proto.results[names.index(RECENT_EVENT_COLUMNS[0])].event_timestamps
     states = {}
-    for j, customer in enumerate(unique):
+    for j, customer in enumerate(customer_ids):
         ids, unix, amounts = (values[c][j] for c in RECENT_EVENT_COLUMNS)
         if ids is None:
             states[customer] = EMPTY
@@ -186,10 +196,19 @@ def read_states(store: FeatureStore, customer_ids: Sequence[int]) -> dict[int, C
     return states
 
 
-def push_payments(store: FeatureStore, transactions: Sequence[Transaction]) -> int:
+def push_payments(
+    store: FeatureStore,
+    transactions: Sequence[Transaction],
+    states: dict[int, CustomerState] | None = None,
+) -> int:
     """Fold ``transactions`` (at most one per card, their cards' locks held) into the online
-    state and push it; returns how many changed a state (a retried payment does not)."""
-    states = read_states(store, [t.customer_id for t in transactions])
+    state and push it; returns how many changed a state (a retried payment does not).
+    ``states``: the cards' states as read under the same locks (the scoring read them with
+    its features); the cards missing there are read here."""
+    states = dict(states or {})
+    unread = [t.customer_id for t in transactions if t.customer_id not in states]
+    if unread:
+        states |= read_states(store, unread)
     customer_rows, pair_rows = [], []
     for t in transactions:
         new = fold(states[t.customer_id], t)
@@ -226,40 +245,57 @@ def push(store: FeatureStore, source: str, rows: list[dict]) -> None:
     Arrow, then protos) cost ~1.3 ms per payment; Feast's push also rebuilds every view from
     the registry's protobufs at each call (~30 ms at the default world size): the views are
     resolved once a minute."""
-    at, views = _push_views.get(store, {}).get(source, (-VIEWS_REFRESH_SECONDS, []))
+    at, targets = _push_views.get(store, {}).get(source, (-VIEWS_REFRESH_SECONDS, []))
     if time.monotonic() - at >= VIEWS_REFRESH_SECONDS:
-        views = [
-            v
+        targets = [
+            PushTarget.of(v)
             for v in store.list_feature_views()
             if v.stream_source is not None and v.stream_source.name == source
         ]
-        if not views:
+        if not targets:
             raise ValueError(f"no feature view reads the push source {source!r}")
-        _push_views.setdefault(store, {})[source] = (time.monotonic(), views)
+        _push_views.setdefault(store, {})[source] = (time.monotonic(), targets)
     provider = store._get_provider()
-    for view in views:
-        provider.online_write_batch(store.config, view, online_rows(view, rows), progress=None)
+    for target in targets:
+        provider.online_write_batch(store.config, target.view, target.rows(rows), progress=None)
 
 
-def online_rows(view: FeatureView, rows: list[dict]) -> list[tuple]:
-    """``rows`` (one dict per entity) as Feast's online rows for ``view``."""
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.type_map import python_values_to_proto_values
+@dataclass(frozen=True)
+class PushTarget:
+    """A feature view that reads a push source, with its columns' value types resolved once
+    (Feast's view objects type-check every attribute access)."""
 
-    keys = [(e.name, e.dtype.to_value_type()) for e in view.entity_columns]
-    fields = [(f.name, f.dtype.to_value_type()) for f in view.features]
+    view: FeatureView
+    keys: list[tuple[str, Any]]  # (join key, ValueType)
+    features: list[tuple[str, Any]]  # (feature, ValueType)
 
-    def value(x: object, kind: object) -> object:
-        return python_values_to_proto_values([x], kind)[0]
-
-    return [
-        (
-            EntityKey(
-                join_keys=[k for k, _ in keys], entity_values=[value(row[k], t) for k, t in keys]
-            ),
-            {name: value(row[name], kind) for name, kind in fields},
-            row["event_timestamp"],
-            None,
+    @classmethod
+    def of(cls, view: FeatureView) -> PushTarget:
+        return cls(
+            view,
+            [(e.name, e.dtype.to_value_type()) for e in view.entity_columns],
+            [(f.name, f.dtype.to_value_type()) for f in view.features],
         )
-        for row in rows
-    ]
+
+    def rows(self, rows: list[dict]) -> list[tuple]:
+        """``rows`` (one dict per entity) as Feast's online rows for the view: each column
+        converted in one call, as Feast converts a pushed frame (value by value, Feast infers
+        the type again each time: ~4x the cost)."""
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.type_map import python_values_to_proto_values
+
+        def column(name: str, kind: Any) -> list:
+            return python_values_to_proto_values([row[name] for row in rows], kind)
+
+        join_keys = [name for name, _ in self.keys]
+        keys = [column(name, kind) for name, kind in self.keys]
+        features = {name: column(name, kind) for name, kind in self.features}
+        return [
+            (
+                EntityKey(join_keys=join_keys, entity_values=[k[i] for k in keys]),
+                {name: values[i] for name, values in features.items()},
+                row["event_timestamp"],
+                None,
+            )
+            for i, row in enumerate(rows)
+        ]

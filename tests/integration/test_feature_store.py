@@ -274,6 +274,42 @@ def test_online_service_read_ages_the_terminal_fraud_streak(built):
     assert vector["terminal_fraud_streak_days"] == pytest.approx([3 + 600 / DAY, 0.0])
 
 
+def test_serving_s_read_plan_answers_what_feast_answers_for_the_service(built):
+    """Serving reads the service's views in one call and applies the on-demand views itself
+    (``serving.features.online_features``): every feature Feast's own read of the service
+    gives, equal, for known and unknown customers and terminals, and the streamed states
+    read in the same call equal ``read_states``."""
+    from serving.features import online_features, read_plans
+    from serving.stream import STATE_REFS, read_states
+
+    store.materialize_latest(built)
+    fs = store.get_store(built)
+    customers = pq.read_table(built.features_dir / "customer_features").to_pandas()
+    terminals = pq.read_table(built.features_dir / "terminal_label_features").to_pandas()
+    newest = customers.sort_values("event_timestamp").tail(30)
+    now = int(newest.customer_last_tx_unix.max()) + 600
+    customer_ids = [*map(int, newest.customer_id), 10**9]  # the last one unknown
+    terminal_ids = [*map(int, terminals.terminal_id.tail(30)), 10**9]
+    rows = {
+        "customer_id": customer_ids,
+        "terminal_id": terminal_ids,
+        "transaction_id": list(range(-1, -32, -1)),
+        "tx_amount": [float(5 + 7 * i) for i in range(31)],
+        "tx_unix_seconds": [now - 3_000 * i for i in range(31)],
+    }
+    feast_s = fs.get_online_features(
+        features=fs.get_feature_service(store.FEATURE_SERVICE), entity_rows=rows
+    ).to_dict()
+    plan = read_plans.get(fs, store.FEATURE_SERVICE, tuple(STATE_REFS))
+    ours, response = online_features(fs, plan, rows)
+    assert feast_s.keys() <= ours.keys()
+    assert {k: ours[k] for k in feast_s} == feast_s
+    assert ours["customer_is_new"][-1] == 1 and feast_s["terminal_nb_tx_30d"][-1] is None
+    from serving.stream import states_in
+
+    assert states_in(response, customer_ids, ours) == read_states(fs, customer_ids)
+
+
 def test_a_pushed_state_is_readable_online(built):
     fs = store.get_store(built)
     pushed_at = pd.Timestamp("2030-01-01 12:00", tz="UTC")

@@ -51,7 +51,7 @@ CHAMPION = _model("1", Linear(0.0, 1.0), "champion")
 CHALLENGER = _model("2", Linear(1.0, -1.0), "challenger")
 
 
-def _fetch(store, service, inputs, transactions) -> FeatureBatch:
+def _fetch(store, service, inputs, transactions, with_states=False) -> FeatureBatch:
     frame = pd.DataFrame({"tx_amount": [t.tx_amount for t in transactions], "customer_risk": 0.0})[
         inputs
     ]
