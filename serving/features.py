@@ -3,10 +3,12 @@
 The on-demand view computes the request-time features with the same function as in training;
 a customer or terminal without state gets the documented defaults and is flagged.
 
-Hot path (one transaction per request, a few ms budget): the feature service is resolved
-from the registry once a minute, not per request (Feast rebuilds it from protobuf with type
-checks: ~1 ms), and Feast's columnar answer goes straight into one float64 matrix; the
-DataFrame callers see is a view over it (no per-column pandas work).
+Hot path (a few ms budget per batch): the feature service is resolved from the registry once
+a minute into a ``ReadPlan`` (Feast rebuilds a service from protobuf with type checks: ~1 ms);
+one online read fetches every stored feature the batch needs (the service's views, its
+on-demand views' sources and, for the write-through, the cards' streamed states); the
+on-demand views run on that answer in process; the columnar answer goes straight into one
+float64 matrix, and the DataFrame callers see is a view over it (no per-column pandas work).
 """
 
 from __future__ import annotations
