@@ -129,6 +129,20 @@ def http_ok(url: str = typer.Argument(..., help="e.g. http://127.0.0.1:5000/heal
         raise typer.Exit(1)
 
 
+# --- BentoML --------------------------------------------------------------------------------
+@platform_app.command("scoring-server")
+def scoring_server(
+    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 in a container)."),
+    port: int = typer.Option(3000),
+) -> None:
+    """Serve the newest deployed Bento in the foreground and follow later deploys (as
+    ``ScoringService`` starts it); before the first deploy, hold the port with no model."""
+    from pipelines.platform.scoring import serve_command, serve_target
+
+    target, env = serve_target(get_settings())
+    _exec(serve_command(target, host, port), env)
+
+
 # --- Lineage UIs ----------------------------------------------------------------------------
 @platform_app.command("dbt-docs")
 def dbt_docs(

@@ -111,6 +111,23 @@ def running_server(settings: Settings) -> dict | None:
     return record if time.time() - record["heartbeat"] < HEARTBEAT_SECONDS else None
 
 
+def serve_command(target: str, host: str, port: int) -> list[str]:
+    """``serving/serve.py`` serving ``target`` (a Bento tag or the source tree's service)."""
+    return [sys.executable, "-m", "serving.serve", target, "--host", host, "--port", str(port)]
+
+
+def serve_target(settings: Settings) -> tuple[str, dict[str, str]]:
+    """What a scoring server of this home starts on, and its environment: the newest deployed
+    Bento, or before the first deploy the source tree's service holding the port with no model
+    (``FRAUD_SERVING_AWAIT_DEPLOY``) until a deploy rolls it onto a Bento."""
+    env = bentoml_env(settings)
+    target = current_bento(settings)
+    if target is None:
+        target = SERVICE
+        env["FRAUD_SERVING_AWAIT_DEPLOY"] = "true"
+    return target, env
+
+
 class ScoringService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -121,8 +138,7 @@ class ScoringService:
 
     def process(self, target: str = SERVICE) -> ManagedProcess:
         s = self.settings
-        command = [sys.executable, "-m", "serving.serve", target, "--host", s.serving_host]
-        command += ["--port", str(s.serving_port)]
+        command = serve_command(target, s.serving_host, s.serving_port)
         return ManagedProcess("bentoml-serve", command, s.home / "run", s.home / "logs")
 
     def up(self, timeout: float = 120.0) -> str:
@@ -130,11 +146,7 @@ class ScoringService:
         what it serves (a Bento tag, or the source tree's service). One that is not alive in
         time is stopped (its supervisor would restart a crashing worker forever), then a
         ``RuntimeError`` names its log."""
-        env = bentoml_env(self.settings)
-        target = current_bento(self.settings)
-        if target is None:
-            target = SERVICE
-            env["FRAUD_SERVING_AWAIT_DEPLOY"] = "true"
+        target, env = serve_target(self.settings)
         proc = self.process(target)
         pid = proc.start(env, cwd=PROJECT_ROOT)
         if not wait_until(lambda: healthy(f"{self.url}/livez"), timeout=timeout, interval=1.0):

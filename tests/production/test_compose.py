@@ -1,9 +1,10 @@
-"""docker-compose.yml, Dockerfile and .env.example checked without Docker.
+"""docker-compose.yml, its local-images override, Dockerfile and .env.example checked without
+Docker.
 
-No Docker engine runs here, so the deployment is checked statically against the code it runs:
-the compose file parses; every file, script and entry point it names exists; each service
-command parses with the CLI it calls; ports, host names and databases agree across services,
-.env.example, the init script and the Settings fields.
+The deployment is checked statically against the code it runs: the compose file parses;
+every file, script and entry point it names exists; each service command parses with the CLI
+it calls; ports, host names and databases agree across services, .env.example, the init
+script and the Settings fields.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -26,7 +26,8 @@ from pipelines.platform.cli import platform_app
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
-INIT_SQL = PROJECT_ROOT / "deploy" / "postgres-init.sql"
+INIT_SQL = PROJECT_ROOT / "deploy" / "postgres" / "init.sql"
+LOCAL_IMAGES = PROJECT_ROOT / "deploy" / "compose.local-images.yml"
 PLACEHOLDER = "change-me"
 PG_URL_VARS = (
     "FRAUD_AIRFLOW_DATABASE_URL",
@@ -187,10 +188,7 @@ def _check_python_module_command(argv: list[str], env: dict[str, str]) -> None:
 
 def test_every_service_command_is_a_known_entry_point(services):
     for service in _app_services(services).values():
-        argv = service["command"]
-        if argv[0] == "bentoml":
-            continue  # test_bentoml_entry_point
-        _check_python_module_command(argv, _env(service))
+        _check_python_module_command(service["command"], _env(service))
 
 
 def test_every_app_healthcheck_is_a_known_entry_point(services):
@@ -201,16 +199,58 @@ def test_every_app_healthcheck_is_a_known_entry_point(services):
         _check_python_module_command(_healthcheck_argv(service), _env(service))
 
 
-def test_bentoml_entry_point(services):
+def test_bentoml_serves_the_deployed_bento(services, tmp_path, monkeypatch):
+    """The serving service runs ``scoring-server``: ``serving/serve.py`` on the newest
+    deployed Bento, or on the source tree awaiting the first deploy when none is."""
+    from typer.testing import CliRunner
+
+    from pipelines.platform import cli, scoring
+
     argv = services["bentoml"]["command"]
-    assert argv[:2] == ["bentoml", "serve"]
-    module, cls = argv[2].split(":")
-    # bentoml is a console script of the environment the image installs.
-    assert importlib.util.find_spec("bentoml") is not None
-    path = PROJECT_ROOT / Path(*module.split(".")).with_suffix(".py")
-    if not path.exists():
-        pytest.skip(f"{path.relative_to(PROJECT_ROOT)} not written yet (serving stage)")
-    assert re.search(rf"^class {cls}\b", path.read_text(), flags=re.MULTILINE), (path, cls)
+    assert argv[3] == "scoring-server"
+    execs: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr(cli.os, "execve", lambda path, command, env: execs.append((command, env)))
+    monkeypatch.setenv("FRAUD_HOME", str(tmp_path))
+    cli.get_settings.cache_clear()
+    try:
+        assert CliRunner().invoke(platform_app, argv[3:]).exit_code == 0
+        scoring.record_deployed(cli.get_settings(), ["fraud_scoring:model-v1"])
+        monkeypatch.setattr(scoring, "bento_exists", lambda settings, tag: True)
+        assert CliRunner().invoke(platform_app, argv[3:]).exit_code == 0
+    finally:
+        cli.get_settings.cache_clear()
+    (before, before_env), (after, after_env) = execs
+    tail = ["--host", "0.0.0.0", "--port", "3000"]
+    assert before[1:] == ["-m", "serving.serve", scoring.SERVICE, *tail]
+    assert before_env["FRAUD_SERVING_AWAIT_DEPLOY"] == "true"
+    assert after[1:] == ["-m", "serving.serve", "fraud_scoring:model-v1", *tail]
+    assert "FRAUD_SERVING_AWAIT_DEPLOY" not in after_env
+    assert after_env["BENTOML_HOME"] == str(tmp_path / "bentoml")  # the shared volume's store
+
+
+def test_no_top_level_name_key(raw_compose, env_example):
+    # compose v1 rejects `name:`; the project name is COMPOSE_PROJECT_NAME in .env.
+    assert "name" not in raw_compose
+    assert env_example["COMPOSE_PROJECT_NAME"] == "fraud-platform"
+
+
+def test_local_images_override_builds_postgres_and_redis(services, env_example):
+    override = _render(yaml.safe_load(LOCAL_IMAGES.read_text()), env_example)
+    assert set(override["services"]) == {"postgres", "redis"}
+    for name, service in override["services"].items():
+        context = PROJECT_ROOT / service["build"]["context"]
+        assert (context / "Dockerfile").is_file(), name
+        assert service["build"]["args"]["BASE_IMAGE"] == env_example["DEBIAN_IMAGE"]
+        assert service["image"].endswith(":local"), name
+    # The init script and healthcheck of the base file work against the local PostgreSQL: it
+    # runs /docker-entrypoint-initdb.d/*.sql and trusts loopback, as the official image does.
+    entrypoint = (PROJECT_ROOT / "deploy" / "postgres" / "entrypoint.sh").read_text()
+    assert "/docker-entrypoint-initdb.d/*.sql" in entrypoint
+    assert "host all all 127.0.0.1/32 trust" in entrypoint
+    # Its own data volume: Debian bookworm's PostgreSQL 15 cannot open a 16 data directory.
+    (volume,) = override["services"]["postgres"]["volumes"]
+    assert volume.split(":")[1] == services["postgres"]["volumes"][0].split(":")[1]
+    assert volume.split(":")[0] in override["volumes"]
 
 
 def test_airflow_services_run_every_component(services):
@@ -233,8 +273,9 @@ def test_every_fraud_variable_is_a_settings_field(raw_compose, env_example):
 
 
 def test_env_example_and_compose_agree(raw_compose, env_example):
-    """Every variable compose reads is in .env.example and a default never contradicts it."""
-    text = COMPOSE_FILE.read_text()
+    """Every variable compose reads (from either file) is in .env.example and a default never
+    contradicts it."""
+    text = COMPOSE_FILE.read_text() + LOCAL_IMAGES.read_text()
     for match in _VAR.finditer(text):
         if match.group(0) == "$$":
             continue
@@ -243,7 +284,7 @@ def test_env_example_and_compose_agree(raw_compose, env_example):
         if op == ":-":
             assert env_example[name] == arg, (name, env_example[name], arg)
     # And each .env.example variable reaches a service (none is dead configuration).
-    for name in env_example:
+    for name in env_example.keys() - {"COMPOSE_PROJECT_NAME"}:  # compose itself reads that
         assert f"${{{name}" in text, f"{name} in .env.example is not used by compose"
 
 
@@ -327,7 +368,8 @@ def test_ports_and_host_names_agree(services, env_example):
     assert env_example["FRAUD_SERVING_HOST"] == "bentoml"
     assert int(env_example["FRAUD_SERVING_PORT"]) == bento_port
     assert container_ports(services["bentoml"]) == {bento_port}
-    assert f":{bento_port}/readyz" in _healthcheck_argv(services["bentoml"])[-1]
+    # Alive before the first deploy (ready only once a model is loaded): nothing waits on it.
+    assert f":{bento_port}/livez" in _healthcheck_argv(services["bentoml"])[-1]
 
     # No host port is published twice.
     published = [str(p).split(":")[0] for s in services.values() for p in s.get("ports", [])]
