@@ -10,7 +10,7 @@
 #                  takes the wheel from deploy/wheels/ (ignored by git) for machines that cannot
 #                  reach that index.
 # Extra CA certificates (a proxy's, a company's) go as *.crt files in deploy/ca-certificates/
-# (ignored by git): they are trusted by apt, pip and uv during the build and by the services.
+# (ignored by git): pip and uv trust them during the build, and the services at run time.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
