@@ -11,21 +11,30 @@ serving tests and benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+import psutil
 
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.lake import write_text_atomic
 from pipelines.platform.mlflow import healthy
-from pipelines.platform.process import ManagedProcess, free_port, wait_until
+from pipelines.platform.process import (
+    PROCESS_TOKEN_VAR,
+    ManagedProcess,
+    free_port,
+    marked_processes,
+    wait_until,
+)
 
 SERVICE = "serving.service:FraudScoringService"
 
@@ -186,9 +195,15 @@ class BentoProcess:
         log_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "bentoml", "serve", target]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        # Its workers run in sessions of their own: the token finds them when it stops.
+        self.token = f"bento-{self.port}-{uuid.uuid4().hex}"
         with self.log_path.open("wb") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                command, cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT
+                command,
+                cwd=cwd,
+                env={**env, PROCESS_TOKEN_VAR: self.token},
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self._wait_ready(timeout, fatal)
 
@@ -215,8 +230,6 @@ class BentoProcess:
 
     def cpu_seconds(self) -> float:
         """CPU time of the server and its workers so far (user + system)."""
-        import psutil
-
         total = 0.0
         try:
             parent = psutil.Process(self.proc.pid)
@@ -228,15 +241,18 @@ class BentoProcess:
         return total
 
     def stop(self) -> None:
-        """SIGTERM (the serve process stops its workers), SIGKILL after 30 s."""
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        """SIGTERM (the serve process stops its workers), SIGKILL after 30 s; then any worker
+        that outlived it (forked while it was stopping) is killed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        for worker in marked_processes(self.token):
+            with contextlib.suppress(psutil.Error):
+                worker.kill()
 
     def __enter__(self) -> BentoProcess:
         return self
