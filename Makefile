@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := $(shell grep -E '^torch==' requirements.lock)
 
-.PHONY: install browser up down status demo test lint format bench clean
+.PHONY: install browser up down status demo test lint format bench compose-check clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,11 @@ browser:
 
 test: install browser lint
 	$(BIN)/python -m pytest
+
+# The compose stack on a Docker engine, driven through the user's journey, then removed.
+# COMPOSE_CHECK_FLAGS: e.g. --local-images, --set FRAUD_HISTORY_DAYS=40, --keep.
+compose-check: install
+	$(BIN)/python -m pipelines.platform.cli compose-check $(COMPOSE_CHECK_FLAGS)
 
 bench: install
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -201,12 +201,41 @@ class AirflowServices:
     # --- REST client ----------------------------------------------------------------------
     def client(self) -> httpx.Client:
         """An authenticated client of the REST API (as the UI's login would give)."""
-        login = self.login()
-        token = httpx.post(
-            f"{self.base_url}/auth/token",
-            json={"username": login.username, "password": login.password},
-            timeout=30,
+        return rest_client(self.base_url, self.login())
+
+
+def rest_client(base_url: str, login: Login) -> httpx.Client:
+    """A client of Airflow's REST API at ``base_url``, logged in as the UI's login form does
+    (``POST /auth/token``)."""
+    token = httpx.post(
+        f"{base_url}/auth/token",
+        json={"username": login.username, "password": login.password},
+        timeout=30,
+        trust_env=False,
+    )
+    token.raise_for_status()
+    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+    return httpx.Client(base_url=f"{base_url}/api/v2", headers=headers, timeout=30, trust_env=False)
+
+
+def failure_report(api: httpx.Client, dag_id: str, run_id: str, tail: int = 25) -> str:
+    """The unsuccessful tasks of a run with the last lines of their latest try's log."""
+    tis = api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+    lines = [f"{dag_id} run {run_id}:"]
+    for ti in tis:
+        if ti["state"] in ("success", "skipped"):
+            continue
+        lines.append(f"- {ti['task_id']}: {ti['state']} (try {ti['try_number']})")
+        if ti["state"] not in ("failed", "up_for_retry") or not ti["try_number"]:
+            continue
+        log = api.get(
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}"
         )
-        token.raise_for_status()
-        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
-        return httpx.Client(base_url=f"{self.base_url}/api/v2", headers=headers, timeout=30)
+        if log.status_code != 200:
+            lines.append(f"    (log unavailable: HTTP {log.status_code})")
+            continue
+        content = log.json().get("content", [])
+        for entry in content[-tail:]:
+            event = entry.get("event", entry) if isinstance(entry, dict) else entry
+            lines.append(f"    {event}")
+    return "\n".join(lines)

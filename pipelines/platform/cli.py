@@ -286,5 +286,49 @@ def spark_down() -> None:
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
+# --- docker compose -------------------------------------------------------------------------
+@platform_app.command("compose-check")
+def compose_check(
+    local_images: bool = typer.Option(
+        False, help="Also deploy/compose.local-images.yml (PostgreSQL and Redis from Debian)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="KEY=VALUE over .env.example's value (repeatable)."
+    ),
+    keep: bool = typer.Option(False, help="Leave the stack running (no `down -v`)."),
+    timeout: float = typer.Option(3600, help="Seconds the catchup may take to a first model."),
+) -> None:
+    """Build and start the compose stack on a Docker engine, drive the user's journey in the
+    containers (Airflow login, catchup, first model, /score, a REST trigger), then `down -v`.
+    Fails (exit 1) when no Docker engine answers."""
+    from pipelines.platform.compose import ComposeCheckError, run_compose_check
+
+    overrides = {}
+    for item in set_:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        overrides[name] = value
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    try:
+        report = run_compose_check(
+            say,
+            local_images=local_images,
+            overrides=overrides,
+            state_dir=get_settings().home / "compose",
+            keep=keep,
+            timeout=timeout,
+        )
+    except ComposeCheckError as error:
+        console.print("[red]compose-check failed:[/]", end=" ")
+        console.print(str(error), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(report.table(), markup=False, highlight=False, soft_wrap=True)
+    console.print("[green]compose-check passed[/]")
+
+
 if __name__ == "__main__":
     platform_app(prog_name="python -m pipelines.platform.cli")

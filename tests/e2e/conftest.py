@@ -75,26 +75,3 @@ def wait_for_run(api: httpx.Client, dag_id: str, run_id: str, timeout: float = 2
         return run if run["state"] in ("success", "failed") else None
 
     return wait_for(f"{dag_id} run {run_id} to end", finished, timeout, interval=2)
-
-
-def failure_report(api: httpx.Client, dag_id: str, run_id: str, tail: int = 25) -> str:
-    """The unsuccessful tasks of a run with the last lines of their latest try's log."""
-    tis = api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
-    lines = [f"{dag_id} run {run_id}:"]
-    for ti in tis:
-        if ti["state"] in ("success", "skipped"):
-            continue
-        lines.append(f"- {ti['task_id']}: {ti['state']} (try {ti['try_number']})")
-        if ti["state"] not in ("failed", "up_for_retry") or not ti["try_number"]:
-            continue
-        log = api.get(
-            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}"
-        )
-        if log.status_code != 200:
-            lines.append(f"    (log unavailable: HTTP {log.status_code})")
-            continue
-        content = log.json().get("content", [])
-        for entry in content[-tail:]:
-            event = entry.get("event", entry) if isinstance(entry, dict) else entry
-            lines.append(f"    {event}")
-    return "\n".join(lines)

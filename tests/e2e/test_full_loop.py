@@ -37,10 +37,11 @@ import pytest
 
 from pipelines.config import PROJECT_ROOT
 from pipelines.lake import part_path, partition_dir
+from pipelines.platform.airflow import failure_report
 from pipelines.platform.scoring import ScoringService
 from pipelines.training.bootstrap import BOOTSTRAP_RUN_ID
 from tests.conftest import free_port
-from tests.e2e.conftest import failure_report, running_airflow, wait_for_run
+from tests.e2e.conftest import running_airflow, wait_for_run
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
