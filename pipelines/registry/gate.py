@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -144,6 +145,12 @@ def _ensure_registered_model(settings: Settings) -> None:
             c.get_registered_model(settings.model_name)
 
 
+def logged_model_id(model_uri: str) -> str | None:
+    """``m-<id>`` of a ``models:/m-<id>`` URI (a logged model of MLflow 3), else None."""
+    match = re.fullmatch(r"models:/(m-[0-9a-f]+)", model_uri)
+    return match.group(1) if match else None
+
+
 def register_version(
     settings: Settings, model_uri: str, run_id: str | None, tags: dict[str, Any]
 ) -> str:
@@ -167,6 +174,9 @@ def register_version(
         source=model_uri,
         run_id=run_id,
         tags={k: str(v) for k, v in tags.items()},
+        # A tracking server (unlike a local store) refuses a models:/m-<id> source unless
+        # the logged model it names is given as well.
+        model_id=logged_model_id(model_uri),
     )
     log.info("registered %s version %s from %s", settings.model_name, version.version, model_uri)
     return str(version.version)

@@ -101,6 +101,39 @@ def _log_register_and_load(mlflow_server, database) -> None:
     assert ("average_precision",) in query(database, "select key from metrics")
 
 
+def test_training_registers_its_logged_model_through_the_server(server, make_settings, tmp_path):
+    """``register_version`` (the train_model DAG's register step) with an MLflow 3 logged
+    model's ``models:/m-<id>`` URI: the server refuses that source without its model id."""
+    import mlflow
+    import mlflow.pyfunc
+
+    from pipelines.registry.gate import register_version
+
+    mlflow_server, database = server
+    settings = make_settings(
+        mlflow_tracking_uri=mlflow_server.url, model_name="fraud-detector-registertest"
+    )
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    try:
+        mlflow.set_tracking_uri(mlflow_server.url)
+        with mlflow.start_run() as run:
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=Doubler(), pip_requirements=["mlflow"]
+            )
+        assert info.model_uri.startswith("models:/m-")
+        version = register_version(settings, info.model_uri, run.info.run_id, {"why": "test"})
+        # A retried task gets the same version back, not a duplicate.
+        assert register_version(settings, info.model_uri, run.info.run_id, {}) == version
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    rows = query(
+        database,
+        "select version from model_versions where name = 'fraud-detector-registertest'",
+    )
+    assert rows == [(int(version),)]
+
+
 def test_the_compose_healthcheck_passes_natively(server):
     mlflow_server, _ = server
     ok = CliRunner().invoke(platform_app, ["http-ok", f"{mlflow_server.url}/health"])
