@@ -238,4 +238,8 @@ def failure_report(api: httpx.Client, dag_id: str, run_id: str, tail: int = 25) 
         for entry in content[-tail:]:
             event = entry.get("event", entry) if isinstance(entry, dict) else entry
             lines.append(f"    {event}")
+            # The exception itself travels in the structured entry, not in its event text.
+            errors = (entry.get("error_detail") or []) if isinstance(entry, dict) else []
+            for error in errors:
+                lines.append(f"      {error.get('exc_type')}: {error.get('exc_value')}")
     return "\n".join(lines)

@@ -140,7 +140,9 @@ def _airflow(runs_by_poll):
             ti = {"task_id": "train", "state": "failed", "try_number": 1}
             return httpx.Response(200, json={"task_instances": [ti]})
         if "/logs/" in path:
-            return httpx.Response(200, json={"content": [{"event": "MemoryError in train"}]})
+            error = {"exc_type": "RestException", "exc_value": "INVALID_PARAMETER_VALUE"}
+            content = [{"event": "in train"}, {"event": "failed", "error_detail": [error]}]
+            return httpx.Response(200, json={"content": content})
         dag_id = path.split("/")[-2]
         polls["n"] += 1
         states = runs_by_poll[min(polls["n"], len(runs_by_poll) - 1)].get(dag_id, [])
@@ -173,4 +175,4 @@ def test_a_failed_run_of_the_awaited_dag_fails_the_journey():
     with _airflow(polls) as api, pytest.raises(ComposeCheckError) as error:
         compose.wait_for_journey(api, lambda line: None, timeout=3600)
     assert "- train: failed (try 1)" in str(error.value)  # the failed task and its log's end
-    assert "MemoryError in train" in str(error.value)
+    assert "RestException: INVALID_PARAMETER_VALUE" in str(error.value)
