@@ -58,9 +58,14 @@ def smoke_test_bento(settings: Settings, tag: str, sample: dict, timeout: float 
     The server's log stays in ``<home>/logs/`` (named after the tag) for a refused deploy.
     """
     env = bentoml_env(settings)
+    key = settings.serving_api_key
+    headers = {"X-API-Key": key} if key else {}  # the Bento's server requires it too
     with BentoProcess(tag, env, settings.home / "logs", timeout=timeout) as bento:
-        response = httpx.post(f"{bento.url}/score", json={"transactions": [sample]}, timeout=30)
-        info = httpx.post(f"{bento.url}/model_info", json={}, timeout=30).json()
+        response = httpx.post(
+            f"{bento.url}/score", json={"transactions": [sample]}, headers=headers, timeout=30
+        )
+        info = httpx.post(f"{bento.url}/model_info", json={}, headers=headers, timeout=30)
+        info = info.json()
     if response.status_code != 200:
         raise RuntimeError(f"smoke score failed: {response.status_code} {response.text}")
     score = response.json()[0]

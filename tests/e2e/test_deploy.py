@@ -15,7 +15,7 @@ import httpx
 import mlflow
 import pytest
 
-from pipelines.config import get_settings
+from pipelines.config import get_settings, load_settings
 from pipelines.platform.scoring import ScoringService, deployed_bentos, running_server
 from serving.bento import bento_tag
 from serving.deploy import (
@@ -58,7 +58,7 @@ def info(service: ScoringService) -> dict:
 
 
 def test_the_tested_bento_serves_and_a_deploy_rolls_onto_the_next_with_no_failed_request(
-    settings, scoring, serving_world
+    settings, scoring, serving_world, monkeypatch
 ):
     mart = serving_world["mart"]
     client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
@@ -73,6 +73,13 @@ def test_the_tested_bento_serves_and_a_deploy_rolls_onto_the_next_with_no_failed
     first = build_bento(settings, "1")
     assert first == bento_tag("1")
     assert smoke_test_bento(settings, first, transaction(mart))["model_version"] == "1"
+    # Where clients need an API key (compose does), the Bento's server needs it from the
+    # smoke test as well.
+    with monkeypatch.context() as keyed_env:
+        keyed_env.setenv("FRAUD_SERVING_API_KEY", "smoke-key")
+        keyed = load_settings()
+        assert keyed.serving_api_key == "smoke-key"
+        assert smoke_test_bento(keyed, first, transaction(mart))["model_version"] == "1"
     workers = deploy(settings, first)
     assert workers and {(w["version"], w["bento"]) for w in workers} == {("1", first)}
     assert len(workers) == settings.serving_workers
