@@ -294,6 +294,11 @@ class Settings(BaseSettings):
         return self.live_start is not None and day >= self.live_start
 
     @property
+    def serving_client_headers(self) -> dict[str, str]:
+        """What a client of the scoring API sends: the API key, where one is configured."""
+        return {"X-API-Key": self.serving_api_key} if self.serving_api_key else {}
+
+    @property
     def sim_start_date(self) -> dt.date:
         return self.sim_start or self.history_start_date
 

@@ -79,7 +79,7 @@ def sample_transactions(settings: Settings, count: int) -> list[dict[str, Any]]:
 def score(settings: Settings, transactions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """POST them to the running scoring API; raises with the API's message on an error."""
     url = f"http://{settings.serving_host}:{settings.serving_port}/score"
-    headers = {"X-API-Key": settings.serving_api_key} if settings.serving_api_key else {}
+    headers = settings.serving_client_headers
     response = httpx.post(url, json={"transactions": transactions}, headers=headers, timeout=60)
     if response.status_code != 200:
         raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:500]}")

@@ -117,10 +117,6 @@ def scoring_url(settings: Settings) -> str:
     return f"http://{settings.serving_host}:{settings.serving_port}"
 
 
-def _headers(settings: Settings) -> dict[str, str]:
-    return {"X-API-Key": settings.serving_api_key} if settings.serving_api_key else {}
-
-
 async def _send_all(
     payments: pd.DataFrame,
     report: ReplayReport,
@@ -216,7 +212,7 @@ def replay(
     async def main() -> None:
         async with httpx.AsyncClient(
             base_url=scoring_url(settings),
-            headers=_headers(settings),
+            headers=settings.serving_client_headers,
             timeout=timeout,
             limits=limits,
         ) as client:

@@ -58,8 +58,7 @@ def smoke_test_bento(settings: Settings, tag: str, sample: dict, timeout: float 
     The server's log stays in ``<home>/logs/`` (named after the tag) for a refused deploy.
     """
     env = bentoml_env(settings)
-    key = settings.serving_api_key
-    headers = {"X-API-Key": key} if key else {}  # the Bento's server requires it too
+    headers = settings.serving_client_headers  # the Bento's server checks the key too
     with BentoProcess(tag, env, settings.home / "logs", timeout=timeout) as bento:
         response = httpx.post(
             f"{bento.url}/score", json={"transactions": [sample]}, headers=headers, timeout=30
