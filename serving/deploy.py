@@ -2,7 +2,7 @@
 have the running service roll its workers onto it; the Bento that was tested is what serves.
 
 ``<home>/serving/deployed.json`` records what was deployed, newest last. The running server
-(``serving/serve.py``) follows it: it rolls its workers onto the newest with no failed request
+(``serving/serve.py``) follows it: it rolls its workers onto the newest without dropping a request
 and reports the outcome, which ``deploy`` waits for. ``make up`` serves the newest. The Bento
 store keeps the ``FRAUD_BENTOS_KEPT`` newest deployed ones.
 """
