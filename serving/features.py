@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from serving.schemas import Transaction
 
-# Defaults for an entity the online store does not know (documented in the README): a new
+# Defaults for an entity the online store does not know (docs/serving.md, *score*): a new
 # customer is handled by the on-demand view itself (counts 1, ratio 1, is_new 1); a terminal
 # without state has no history, hence no transactions and no known risk (its fraud streak is
 # the on-demand view's own: 0 days).

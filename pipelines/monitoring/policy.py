@@ -47,8 +47,8 @@ continue otherwise.
 Data-quality issues never retrain by themselves: a model retrained on broken data is worse
 than the one serving; they need a person (the warn branch).
 
-The thresholds are module constants until they move into ``Settings`` (see the monitoring
-section of the README); every function takes them as parameters.
+The thresholds are module constants (``DEFAULT_THRESHOLDS``); every function takes them as
+parameters.
 """
 
 from __future__ import annotations
