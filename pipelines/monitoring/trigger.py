@@ -43,7 +43,7 @@ class DeduplicatedTriggerDagRunOperator(TriggerDagRunOperator):
         super().__init__(
             trigger_dag_id=trigger_dag_id,
             skip_when_already_exists=True,
-            # Never wait: the training takes long, and dag.test() hangs on waiting (FACTS).
+            # Never wait: the training takes long, and dag.test() hangs on waiting for it.
             wait_for_completion=False,
             openlineage_inject_parent_info=False,
             **kwargs,

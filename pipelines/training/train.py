@@ -370,7 +370,7 @@ def _log_model(
         info = mlflow.pytorch.log_model(
             scorer,
             name=MODEL_ARTIFACT,
-            # Pickle: ~1 s cold load instead of ~4 s for torch.export's pt2 (FACTS). The class
+            # Pickle: ~1 s cold load instead of ~4 s for torch.export's pt2 (measured). The class
             # lives in the installed project package (pipelines.training.model).
             serialization_format="pickle",
             signature=signature,

@@ -76,7 +76,7 @@ def _log_register_and_load(mlflow_server, database) -> None:
             name="model",
             python_model=Doubler(),
             registered_model_name=MODEL,
-            # Explicit requirements: inference by import scanning costs ~10 s (FACTS).
+            # Explicit requirements: inference by import scanning costs ~10 s.
             pip_requirements=["mlflow"],
         )
     client = MlflowClient()
