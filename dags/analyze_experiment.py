@@ -13,7 +13,7 @@ from __future__ import annotations
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from pipelines.config import get_settings
-from pipelines.orchestration import DEFAULT_ARGS, MODEL, utc_midnight
+from pipelines.orchestration import DEFAULT_ARGS, MODEL, run_day, utc_midnight
 
 settings = get_settings()
 
@@ -41,20 +41,14 @@ settings = get_settings()
 def analyze_experiment():
     @task
     def analyze(data_interval_end=None, params=None) -> dict:
-        import datetime as dt
-
         from airflow.sdk.exceptions import AirflowSkipException
 
         from pipelines.config import get_settings
         from pipelines.experiment.analysis import analyze
 
         params = params or {}
-        if params.get("day"):
-            day = dt.date.fromisoformat(params["day"])
-        elif data_interval_end is not None:
-            day = data_interval_end.date()
-        else:
-            day = None
+        # Without a day (a manual run with no logical date) the analysis takes the newest.
+        day = run_day(params, data_interval_end) if params.get("day") or data_interval_end else None
         result = analyze(
             get_settings(), day, int(params.get("window_days", 28)), apply=params.get("apply", True)
         )

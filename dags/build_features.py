@@ -21,6 +21,7 @@ import datetime as dt
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
+from pipelines.monitoring.retrain import TRAIN_DAG_ID
 from pipelines.orchestration import DEFAULT_ARGS, FEATURES, RAW_TRANSACTIONS
 from pipelines.training.bootstrap import BOOTSTRAP_RUN_ID
 
@@ -97,7 +98,7 @@ def build_features():
 
     train_first_model = TriggerDagRunOperator(
         task_id="train_first_model",
-        trigger_dag_id="train_model",
+        trigger_dag_id=TRAIN_DAG_ID,
         trigger_run_id=BOOTSTRAP_RUN_ID,
         conf="{{ ti.xcom_pull(task_ids='first_model_needed', key='conf') }}",
         skip_when_already_exists=True,

@@ -12,7 +12,13 @@ from __future__ import annotations
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from pipelines.config import get_settings
-from pipelines.orchestration import DEFAULT_ARGS, RAW_LABELS, RAW_TRANSACTIONS, utc_midnight
+from pipelines.orchestration import (
+    DEFAULT_ARGS,
+    RAW_LABELS,
+    RAW_TRANSACTIONS,
+    run_day,
+    utc_midnight,
+)
 
 settings = get_settings()
 
@@ -37,16 +43,10 @@ settings = get_settings()
 def ingest_transactions():
     @task(outlets=[RAW_TRANSACTIONS, RAW_LABELS])
     def ingest_day(data_interval_start=None, params=None) -> dict:
-        import datetime as dt
-
         from pipelines.config import get_settings
         from pipelines.ingest.daily import ingest_day
 
-        day = (
-            dt.date.fromisoformat(params["day"])
-            if params and params.get("day")
-            else data_interval_start.date()
-        )
+        day = run_day(params, data_interval_start)
         result = ingest_day(day, get_settings())
         return {
             "day": result.day.isoformat(),

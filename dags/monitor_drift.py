@@ -18,17 +18,9 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from pipelines.config import get_settings
 from pipelines.monitoring.trigger import DeduplicatedTriggerDagRunOperator
-from pipelines.orchestration import DEFAULT_ARGS, utc_midnight
+from pipelines.orchestration import DEFAULT_ARGS, run_day, utc_midnight
 
 settings = get_settings()
-
-
-def _day(data_interval_start: dt.datetime | None, params: dict | None) -> dt.date:
-    if params and params.get("day"):
-        return dt.date.fromisoformat(params["day"])
-    if data_interval_start is None:  # a manual run without a logical date
-        raise ValueError("this run has no data interval: give the day to monitor (param day)")
-    return data_interval_start.date()
 
 
 @dag(
@@ -55,14 +47,14 @@ def monitor_drift():
         from pipelines.config import get_settings
         from pipelines.monitoring.data import mart_has_day
 
-        return mart_has_day(get_settings(), _day(data_interval_start, params))
+        return mart_has_day(get_settings(), run_day(params, data_interval_start))
 
     @task
     def profile_day(data_interval_start=None, params=None) -> dict:
         from pipelines.config import get_settings
         from pipelines.monitoring.profiles import profile_day
 
-        day = _day(data_interval_start, params)
+        day = run_day(params, data_interval_start)
         paths = profile_day(get_settings(), day)
         return {
             "day": day.isoformat(),
@@ -71,8 +63,6 @@ def monitor_drift():
 
     @task
     def compute_drift(profiled: dict) -> dict:
-        import datetime as dt
-
         from pipelines.config import get_settings
         from pipelines.monitoring.monitor import compute_scores
         from pipelines.monitoring.policy import decide

@@ -8,7 +8,7 @@ from __future__ import annotations
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from pipelines.config import get_settings
-from pipelines.orchestration import DEFAULT_ARGS, FEATURES, utc_midnight
+from pipelines.orchestration import DEFAULT_ARGS, FEATURES, run_day, utc_midnight
 
 settings = get_settings()
 
@@ -33,19 +33,13 @@ settings = get_settings()
 def score_batch():
     @task(inlets=[FEATURES])
     def score_day(data_interval_start=None, params=None) -> dict:
-        import datetime as dt
-
         from airflow.sdk.exceptions import AirflowSkipException
         from mlflow.exceptions import MlflowException
 
         from pipelines.config import get_settings
         from serving.batch import score_day
 
-        day = (
-            dt.date.fromisoformat(params["day"])
-            if params and params.get("day")
-            else data_interval_start.date()
-        )
+        day = run_day(params, data_interval_start)
         try:
             result = score_day(get_settings(), day)
         except MlflowException as exc:

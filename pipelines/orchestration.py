@@ -1,4 +1,4 @@
-"""What the DAG files share: Assets and default task arguments.
+"""What the DAG files share: Assets, default task arguments and the day a run works on.
 
 Imported at DAG parse time, so it must stay light (no pandas, no Spark, no torch).
 """
@@ -6,6 +6,8 @@ Imported at DAG parse time, so it must stay light (no pandas, no Spark, no torch
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
+from typing import Any
 
 from airflow.sdk import Asset
 
@@ -27,3 +29,14 @@ DEFAULT_ARGS = {
 
 def utc_midnight(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), dt.UTC)
+
+
+def run_day(params: Mapping[str, Any] | None, interval_edge: dt.datetime | None) -> dt.date:
+    """The day a run works on: its ``day`` param when given (a manual run from the Trigger
+    form), else the date of ``interval_edge`` (the start or end of its data interval, as the
+    DAG defines its day). A manual run without a logical date must name the day."""
+    if params and params.get("day"):
+        return dt.date.fromisoformat(params["day"])
+    if interval_edge is None:
+        raise ValueError("this run has no data interval: give the day to work on (param day)")
+    return interval_edge.date()
