@@ -58,14 +58,19 @@ class Settings(BaseSettings):
         "(today - history_days) so the DAG start_date never shifts.",
     )
     label_delay_days: int = Field(
-        7, ge=0, description="Days until a day's fraud labels arrive (chargeback delay)."
+        7,
+        ge=0,
+        description="Days until a transaction's fraud label arrives (chargeback delay): "
+        "each label arrives exactly this long after its transaction, as in "
+        "the handbook's protocol.",
     )
 
     # --- live traffic: payments through the scoring API ----------------------------------
     live_traffic: bool = Field(
         True,
-        description="`make up` replays the simulator's payments of each day from its first "
-        "day on through /score, at their simulated times (the payment network).",
+        description="`make up` runs the payment network: the simulator's payments of each live day"
+        " sent to `/score` at their times (`python -m pipelines traffic replay "
+        "--follow`, log `var/logs/traffic-replay.log`).",
     )
     live_start: dt.date | None = Field(
         None,
@@ -98,14 +103,14 @@ class Settings(BaseSettings):
         description="DuckDB file dbt builds (one writer); default `<home>/warehouse/fraud.duckdb`.",
     )
     spark_master: str = Field(
-        "local[2]", description="Spark master: local[N] or spark://host:port."
+        "local[2]", description="Spark master: `local[N]` or `spark://host:port`."
     )
     spark_driver_memory: str = Field("2g", description="Spark driver memory.")
 
     # --- Feast ---------------------------------------------------------------------------
     feast_project: str = Field("fraud", description="Feast project name.")
     feast_online_store: Literal["sqlite", "redis"] = Field(
-        "sqlite", description="Feast online store: sqlite (embedded) or redis (production)."
+        "sqlite", description="Feast online store: `sqlite` (embedded) or `redis` (production)."
     )
     feast_redis_url: str = Field(
         "127.0.0.1:6379,db=0", description="Redis connection string for the online store."
@@ -136,35 +141,46 @@ class Settings(BaseSettings):
     promotion_floor: float = Field(
         0.3, ge=0, le=1, description="Minimum promotion metric for any champion."
     )
-    # One thread: on 2 shared cores, 2 torch threads measured 8-10x slower (oversubscription).
-    torch_threads: int = Field(1, ge=1, description="CPU threads for PyTorch.")
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="CPU threads for PyTorch (on 2 shared cores, 2 threads measured 8-10x slower).",
+    )
     tuning_workers: int = Field(
-        1, ge=1, description="Optuna worker processes sharing the study (needs a server DB)."
+        1,
+        ge=1,
+        description="Optuna worker processes sharing one study (use PostgreSQL study storage).",
     )
     final_training_processes: int = Field(
-        1, ge=1, description="torchrun ranks (DDP, gloo) for the final training."
+        1,
+        ge=1,
+        description="`torchrun` ranks (DistributedDataParallel, gloo) for the final training.",
     )
 
     # --- serving ---------------------------------------------------------------------------
     serving_host: str = Field("127.0.0.1", description="Address the scoring API binds.")
     serving_port: int = Field(3000, description="Port of the BentoML scoring API.")
     serving_api_key: str | None = Field(
-        None, description="If set, requests must carry it in the X-API-Key header."
+        None, description="If set, requests must carry it in the `X-API-Key` header."
     )
-    review_threshold: float = Field(0.3, ge=0, le=1, description="Score from which to review.")
-    block_threshold: float = Field(0.8, ge=0, le=1, description="Score from which to block.")
+    review_threshold: float = Field(
+        0.3, ge=0, le=1, description="Score from which a transaction is sent to review."
+    )
+    block_threshold: float = Field(
+        0.8, ge=0, le=1, description="Score from which a transaction is blocked."
+    )
     max_batch_size: int = Field(1000, ge=1, description="Most transactions in one request.")
     serving_workers: int = Field(
         2,
         ge=1,
-        description="BentoML worker processes: one survives while a crashed one restarts; "
-        "/reload switches them all.",
+        description="BentoML worker processes of the scoring API: one keeps answering while a "
+        "crashed one restarts; `POST /reload` switches them all before it answers.",
     )
     serving_max_inflight: int = Field(
         8,
         ge=1,
-        description="Requests one worker takes at a time (queued included); more get 503 with "
-        "Retry-After at once instead of a queue.",
+        description="Requests one worker takes at a time (queued ones included); more get 503 with"
+        " `Retry-After` at once instead of a queue.",
     )
     serving_max_queue_ms: float = Field(
         250,
@@ -179,25 +195,31 @@ class Settings(BaseSettings):
         "state no longer describes the card as it was then (the windows' lifetime).",
     )
     model_poll_seconds: float = Field(
-        30, gt=0, description="How often serving checks the champion alias."
+        30,
+        gt=0,
+        description="How often serving checks the champion alias (the registry, for a "
+        "Bento's pinned version).",
     )
     prediction_log_flush_seconds: float = Field(
         2, gt=0, description="Longest time a scored transaction waits to reach the log."
     )
     serving_stream_features: bool = Field(
         True,
-        description="Each scored payment updates its card's online state before the response "
-        "(off: the online state moves only when build_features materializes).",
+        description="Each scored payment updates its card's online state (recent payments, last "
+        "use of the terminal) before the response returns; `false`: the online state "
+        "moves only when `build_features` materializes.",
     )
     serving_await_deploy: bool = Field(
         False,
-        description="Served from the source tree, load no model until a deploy rolls a Bento "
-        "in (what `make up` starts before the first deploy; off: follow the champion alias).",
+        description="Served from the source tree, load no model until a deploy rolls a Bento in "
+        "(what `make up` starts before the first deploy); `false`: follow the champion"
+        " alias.",
     )
     serving_roll_timeout_seconds: float = Field(
         180,
         gt=0,
-        description="A deploy's new workers must all serve within this, or the old ones stay.",
+        description="A deploy's new workers must all serve the new Bento's version within this, or"
+        " they are stopped and the old ones keep serving.",
     )
     serving_drain_seconds: float = Field(
         2.0,
@@ -206,30 +228,35 @@ class Settings(BaseSettings):
         "stops accepting and closes its connections after their next answer.",
     )
     bentos_kept: int = Field(
-        3, ge=1, description="Bentos kept in the store after a deploy (the newest ones)."
+        3, ge=1, description="Bentos kept in the store after a deploy (the newest deployed ones)."
     )
 
     # --- experiments: A/B and shadow against the challenger ----------------------------
     experiment_mode: Literal["off", "ab", "shadow"] = Field(
         "off",
-        description="off, ab (a share of customers scored by the challenger) or shadow "
-        "(challenger scores everything, decisions stay the champion's).",
+        description="`off`, `ab` (a share of customers scored by the challenger) or `shadow` (the "
+        "challenger scores everything; decisions stay the champion's).",
     )
     experiment_treatment_share: float = Field(
         0.1, ge=0, le=1, description="A/B: share of customers routed to the challenger."
     )
     experiment_salt: str = Field(
-        "fraud-ab-1", description="Salt of the customer hash bucketing (new salt, new split)."
+        "fraud-ab-1",
+        description="Salt of the customer hash bucketing (a new salt draws a new split).",
     )
     experiment_alpha: float = Field(
         0.05, gt=0, lt=1, description="Significance level of the experiment analysis."
     )
     experiment_min_labelled: int = Field(
-        200, ge=1, description="Fewest labelled predictions per variant before deciding."
+        200,
+        ge=1,
+        description="Fewest labelled predictions per variant before the analysis decides.",
     )
 
     # --- lineage UIs -------------------------------------------------------------------
-    dbt_docs_port: int = Field(8085, description="Port of the dbt docs site `make up` serves.")
+    dbt_docs_port: int = Field(
+        8085, description="Port of the dbt docs site (lineage graph) `make up` serves."
+    )
     feast_ui_port: int = Field(8888, description="Port of the Feast UI `make up` starts.")
 
     # --- first start ---------------------------------------------------------------------
@@ -241,7 +268,8 @@ class Settings(BaseSettings):
     bootstrap_trials: int = Field(
         4,
         ge=1,
-        description="Optuna trials of that first model (a quick one; retrains search more).",
+        description="Optuna trials of that first model (a quick one; retrains search with the full"
+        " budget).",
     )
     bootstrap_max_epochs: int = Field(
         5, ge=1, description="Epoch cap per trial of that first model."
@@ -251,11 +279,14 @@ class Settings(BaseSettings):
     )
 
     # --- monitoring --------------------------------------------------------------------
-    monitor_schedule: str = Field("@daily", description="Cron or preset of monitor_drift.")
+    monitor_schedule: str = Field(
+        "@daily", description="Cron expression or preset of `monitor_drift`."
+    )
     monitor_poke_seconds: int = Field(
         300,
         ge=5,
-        description="How often monitor_drift re-checks that its day and a champion exist.",
+        description="How often `monitor_drift` re-checks that its day is in the mart and a "
+        "champion exists.",
     )
     retrain_cooldown_days: int = Field(
         7, ge=1, description="No drift-triggered retrain within this many days of the last one."
@@ -266,11 +297,11 @@ class Settings(BaseSettings):
     airflow_port: int = Field(8080, description="Port of the Airflow API server and UI.")
     airflow_worker_log_port: int = Field(8793, description="Port of the task-log server.")
     airflow_trigger_log_port: int = Field(8794, description="Port of the triggerer log server.")
-    airflow_parallelism: int = Field(4, ge=1, description="Airflow task slots (2 cores).")
+    airflow_parallelism: int = Field(4, ge=1, description="Airflow task slots (sized for 2 cores).")
     airflow_database_url: str | None = Field(
         None, description="Airflow metadata DB; default SQLite in `<airflow_home>`."
     )
-    airflow_user: str = Field("admin", description="UI/API login (password is generated).")
+    airflow_user: str = Field("admin", description="UI/API login (the password is generated).")
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
@@ -369,3 +400,64 @@ def load_settings() -> Settings:
     """Fresh settings from the environment and the env files (later files win)."""
     home = Path(os.environ.get("FRAUD_HOME", PROJECT_ROOT / "var"))
     return Settings(_env_file=(home / "runtime.env", PROJECT_ROOT / ".env"))
+
+
+# How the configuration reference shows the defaults that are computed when the settings load.
+SHOWN_DEFAULTS = {
+    "home": "`./var`",
+    "data_dir": "`<home>/data`",
+    "airflow_home": "`<home>/airflow`",
+    "sim_start": "history start",
+    "history_start": "pinned by `make up`",
+    "live_start": "pinned by `make up`",
+    "drift_spending_from": "off",
+    "drift_new_fraud_from": "off",
+    "drift_geo_from": "off",
+    "warehouse_path": "`<home>/warehouse/fraud.duckdb`",
+    "feast_registry_url": "file in `<home>/feast`",
+    "mlflow_tracking_uri": "SQLite in `<home>/mlflow`",
+    "optuna_storage": "SQLite in `<home>/optuna`",
+    "serving_api_key": "none (open)",
+    "airflow_database_url": "SQLite in `<airflow_home>`",
+}
+REFERENCE_DOC = PROJECT_ROOT / "docs" / "configuration.md"
+REFERENCE_BEGIN = "<!-- settings reference: generated by `python -m pipelines.config` -->"
+REFERENCE_END = "<!-- end of the settings reference -->"
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return f"`{value}`"
+    return str(value)
+
+
+def settings_reference() -> str:
+    """The configuration reference: one table row per setting (variable, default, meaning),
+    from the fields of ``Settings``, in their order."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = SHOWN_DEFAULTS.get(name) or _shown(field.default)
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `FRAUD_{name.upper()}` | {default} | {meaning} |")
+    return "\n".join(rows)
+
+
+def write_settings_reference(doc: Path = REFERENCE_DOC) -> bool:
+    """Replace the reference between its markers in ``doc``; True if the file changed."""
+    text = doc.read_text()
+    head, rest = text.split(REFERENCE_BEGIN)
+    _, tail = rest.split(REFERENCE_END)
+    new = f"{head}{REFERENCE_BEGIN}\n{settings_reference()}\n{REFERENCE_END}{tail}"
+    if new == text:
+        return False
+    doc.write_text(new)
+    return True
+
+
+if __name__ == "__main__":
+    changed = write_settings_reference()
+    print(f"{REFERENCE_DOC}: {'updated' if changed else 'already current'}")
