@@ -45,6 +45,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from pipelines.contracts import CHAMPION_ALIAS
 from pipelines.platform.scoring import BentoProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +134,9 @@ def train_small_champion(settings: Any, frame: Any, inputs: list[str]) -> str:
         "data_window": "benchmark world",
     }
     version = registry.register_version(settings, info.model_uri, run.info.run_id, tags)
-    tracking.client(settings).set_registered_model_alias(settings.model_name, "champion", version)
+    tracking.client(settings).set_registered_model_alias(
+        settings.model_name, CHAMPION_ALIAS, version
+    )
     return version
 
 
@@ -155,7 +158,7 @@ def train_first_model(settings: Any) -> str:
         timeout_seconds=conf["timeout_seconds"],
         reason=conf["reason"],
     )
-    if outcome.gate.get("alias") != "champion":
+    if outcome.gate.get("alias") != CHAMPION_ALIAS:
         raise RuntimeError(f"the first model was not promoted: {outcome.gate}")
     return outcome.version
 

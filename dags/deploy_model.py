@@ -26,10 +26,11 @@ def deploy_model():
         from mlflow import MlflowClient
 
         from pipelines.config import get_settings
+        from pipelines.contracts import CHAMPION_ALIAS
 
         s = get_settings()
         client = MlflowClient(tracking_uri=s.tracking_uri, registry_uri=s.tracking_uri)
-        return str(client.get_model_version_by_alias(s.model_name, "champion").version)
+        return str(client.get_model_version_by_alias(s.model_name, CHAMPION_ALIAS).version)
 
     @task
     def build_bento(version: str) -> str:

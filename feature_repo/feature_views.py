@@ -20,7 +20,7 @@ from sources import (
     terminal_state_source,
 )
 
-WINDOWS = (1, 7, 30)
+from pipelines.features.job import WINDOW_DAYS
 
 customer_state = FeatureView(
     name="customer_state",
@@ -45,8 +45,8 @@ terminal_state = FeatureView(
     # The delayed windows reach 30 + label delay days back.
     ttl=timedelta(days=38),
     schema=[
-        *(Field(name=f"terminal_nb_tx_{n}d", dtype=Int64) for n in WINDOWS),
-        *(Field(name=f"terminal_risk_{n}d", dtype=Float64) for n in WINDOWS),
+        *(Field(name=f"terminal_nb_tx_{n}d", dtype=Int64) for n in WINDOW_DAYS),
+        *(Field(name=f"terminal_risk_{n}d", dtype=Float64) for n in WINDOW_DAYS),
     ],
     source=terminal_state_source,
     online=True,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from pipelines.features.job import WINDOW_DAYS
 from serving.stream import STATE_REFS, CustomerState, states_in
 
 if TYPE_CHECKING:
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
 # without state has no history, hence no transactions and no known risk (its fraud streak is
 # the on-demand view's own: 0 days).
 TERMINAL_DEFAULTS = {
-    **{f"terminal_nb_tx_{n}d": 0.0 for n in (1, 7, 30)},
-    **{f"terminal_risk_{n}d": 0.0 for n in (1, 7, 30)},
+    **{f"terminal_nb_tx_{n}d": 0.0 for n in WINDOW_DAYS},
+    **{f"terminal_risk_{n}d": 0.0 for n in WINDOW_DAYS},
     "terminal_last_label_fraud": 0.0,
     "terminal_last3_labels_fraud_share": 0.0,
 }

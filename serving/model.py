@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from pipelines.contracts import CHAMPION_ALIAS
+
 log = logging.getLogger(__name__)
-ALIAS = "champion"
-CHALLENGER_ALIAS = "challenger"  # what A/B and shadow experiments compare with the champion
 
 
 @dataclass
@@ -190,8 +190,8 @@ def load_champion(tracking_uri: str, name: str) -> LoadedModel:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    version = client.get_model_version_by_alias(name, ALIAS).version
-    model = load_version(client, name, str(version), ALIAS)
+    version = client.get_model_version_by_alias(name, CHAMPION_ALIAS).version
+    model = load_version(client, name, str(version), CHAMPION_ALIAS)
     smoke_test(model)
     return model
 
@@ -255,7 +255,7 @@ class AliasWatcher:
         tracking_uri: str,
         name: str,
         poll_seconds: float,
-        alias: str = ALIAS,
+        alias: str = CHAMPION_ALIAS,
         *,
         keep_when_missing: bool = True,
     ) -> None:
@@ -334,7 +334,7 @@ class ChampionWatcher(AliasWatcher):
     def __init__(
         self, tracking_uri: str, name: str, poll_seconds: float, pinned: str | None = None
     ) -> None:
-        super().__init__(tracking_uri, name, poll_seconds, ALIAS, keep_when_missing=True)
+        super().__init__(tracking_uri, name, poll_seconds, CHAMPION_ALIAS, keep_when_missing=True)
         self.pinned = pinned
 
     def _wanted(self) -> Any:

@@ -99,9 +99,10 @@ def waited_too_long(job: ScoreJob, now: float, max_wait_ms: float) -> str | None
 @bentoml.service(name=BENTO_NAME, traffic={"timeout": 30}, workers=_settings.serving_workers)
 class FraudScoringService:
     def __init__(self) -> None:
+        from pipelines.contracts import CHALLENGER_ALIAS
         from pipelines.featurestore.online import checkpoint_in_background
         from pipelines.featurestore.store import get_store
-        from serving.model import CHALLENGER_ALIAS, AliasWatcher, ChampionWatcher
+        from serving.model import AliasWatcher, ChampionWatcher
         from serving.prediction_log import PredictionLog
         from serving.stream import card_locks
 

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pipelines import contracts
 from pipelines.config import Settings
 
 if TYPE_CHECKING:
@@ -509,7 +510,10 @@ def apply_result(settings: Settings, result: ExperimentResult) -> str:
     from pipelines.training import tracking
 
     # Act only on the versions analysed: an alias that moved meanwhile belongs to someone else.
-    if (_aliased(settings, gate.CHAMPION), _aliased(settings, gate.CHALLENGER)) != (
+    if (
+        _aliased(settings, contracts.CHAMPION_ALIAS),
+        _aliased(settings, contracts.CHALLENGER_ALIAS),
+    ) != (
         result.champion_version,
         result.challenger_version,
     ):
@@ -528,7 +532,7 @@ def apply_result(settings: Settings, result: ExperimentResult) -> str:
         return f"promoted v{result.challenger_version} to champion"
     if result.decision == "kill":
         tracking.client(settings).delete_registered_model_alias(
-            settings.model_name, gate.CHALLENGER
+            settings.model_name, contracts.CHALLENGER_ALIAS
         )
         return f"removed the challenger alias from v{result.challenger_version}"
     return "none"
@@ -587,10 +591,9 @@ def analyze(
 ) -> ExperimentResult | None:
     """Analyse the running experiment over the ``window_days`` days ending ``day`` (default
     today, UTC), record it and (``apply``) act on it. None when there is no challenger."""
-    from pipelines.registry import gate
 
-    champion = _aliased(settings, gate.CHAMPION)
-    challenger = _aliased(settings, gate.CHALLENGER)
+    champion = _aliased(settings, contracts.CHAMPION_ALIAS)
+    challenger = _aliased(settings, contracts.CHALLENGER_ALIAS)
     if champion is None or challenger is None:
         log.info("no experiment: champion v%s, challenger v%s", champion, challenger)
         return None

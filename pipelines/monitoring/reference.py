@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import Settings
+from pipelines.contracts import CHAMPION_ALIAS
 from pipelines.monitoring.profiles import (
     days_between,
     ensure_day,
@@ -36,7 +37,6 @@ from pipelines.monitoring.scores import Reference
 
 log = logging.getLogger(__name__)
 
-CHAMPION_ALIAS = "champion"
 # Where training logs the reference profile (pipelines/training/train.py).
 REFERENCE_ARTIFACT = "monitoring/reference_profile.bin"
 FALLBACK_REFERENCE_LAG_DAYS = 14

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import Settings
+from pipelines.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, PREVIOUS_CHAMPION_ALIAS
 from pipelines.training import tracking
 
 if TYPE_CHECKING:
@@ -44,9 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-PREVIOUS_CHAMPION = "previous_champion"
 HISTORY_TAG = "champion_history"
 HISTORY_LENGTH = 20  # entries kept in the tag (MLflow tag values are size-limited)
 
@@ -67,7 +65,7 @@ class GateDecision:
 
     @property
     def alias(self) -> str:
-        return CHAMPION if self.promote else CHALLENGER
+        return CHAMPION_ALIAS if self.promote else CHALLENGER_ALIAS
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "alias": self.alias}
@@ -125,7 +123,7 @@ def version_by_alias(settings: Settings, alias: str) -> ModelVersion | None:
 
 
 def champion(settings: Settings) -> ModelVersion | None:
-    return version_by_alias(settings, CHAMPION)
+    return version_by_alias(settings, CHAMPION_ALIAS)
 
 
 def _ensure_registered_model(settings: Settings) -> None:
@@ -263,18 +261,18 @@ def apply_decision(settings: Settings, version: str, decision: GateDecision) -> 
         c.set_model_version_tag(name, version, key, value)
     c.update_model_version(name, version, description=f"{decision.alias}: {decision.reason}")
     if not decision.promote:
-        c.set_registered_model_alias(name, CHALLENGER, version)
-        log.info("%s v%s -> %s: %s", name, version, CHALLENGER, decision.reason)
+        c.set_registered_model_alias(name, CHALLENGER_ALIAS, version)
+        log.info("%s v%s -> %s: %s", name, version, CHALLENGER_ALIAS, decision.reason)
         return
     found = champion(settings)
     previous = None if found is None else str(found.version)
     if previous is not None and previous != version:
-        c.set_model_version_tag(name, version, PREVIOUS_CHAMPION, previous)
-        c.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
-    c.set_registered_model_alias(name, CHAMPION, version)  # the move serving sees
-    challenger = version_by_alias(settings, CHALLENGER)
+        c.set_model_version_tag(name, version, PREVIOUS_CHAMPION_ALIAS, previous)
+        c.set_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS, previous)
+    c.set_registered_model_alias(name, CHAMPION_ALIAS, version)  # the move serving sees
+    challenger = version_by_alias(settings, CHALLENGER_ALIAS)
     if challenger is not None and str(challenger.version) == version:
-        c.delete_registered_model_alias(name, CHALLENGER)
+        c.delete_registered_model_alias(name, CHALLENGER_ALIAS)
     _append_history(
         settings,
         {
@@ -284,7 +282,7 @@ def apply_decision(settings: Settings, version: str, decision: GateDecision) -> 
             "at": tags["gate_at"],
         },
     )
-    log.info("%s v%s -> %s: %s", name, version, CHAMPION, decision.reason)
+    log.info("%s v%s -> %s: %s", name, version, CHAMPION_ALIAS, decision.reason)
 
 
 def rollback(settings: Settings, reason: str = "manual rollback") -> tuple[str, str]:
@@ -295,20 +293,20 @@ def rollback(settings: Settings, reason: str = "manual rollback") -> tuple[str, 
     if current is None:
         raise RegistryError(f"{name} has no champion: nothing to roll back")
     rolled_back = str(current.version)
-    target = current.tags.get(PREVIOUS_CHAMPION)
+    target = current.tags.get(PREVIOUS_CHAMPION_ALIAS)
     if not target:
         raise RegistryError(f"{name} v{rolled_back} replaced no champion: nothing to restore")
-    c.set_registered_model_alias(name, CHAMPION, target)  # the one move serving sees
+    c.set_registered_model_alias(name, CHAMPION_ALIAS, target)  # the one move serving sees
     at = _now()
     c.set_model_version_tag(name, rolled_back, "rolled_back_at", at)
     c.set_model_version_tag(name, rolled_back, "rolled_back_reason", reason)
     c.set_model_version_tag(name, target, "restored_at", at)
     # The restored version's own predecessor becomes the next rollback target.
-    before = c.get_model_version(name, target).tags.get(PREVIOUS_CHAMPION)
+    before = c.get_model_version(name, target).tags.get(PREVIOUS_CHAMPION_ALIAS)
     if before:
-        c.set_registered_model_alias(name, PREVIOUS_CHAMPION, before)
+        c.set_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS, before)
     else:
-        c.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
+        c.delete_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS)
     _append_history(
         settings,
         {

@@ -355,15 +355,17 @@ def test_the_experiment_analysis_reads_the_replayed_traffic(system):
 
     import mlflow
 
+    from pipelines.contracts import CHALLENGER_ALIAS, PREVIOUS_CHAMPION_ALIAS
     from pipelines.experiment.analysis import labelled_log
-    from pipelines.registry.gate import CHALLENGER, PREVIOUS_CHAMPION
     from pipelines.traffic import day_payments, replay_day
 
     airflow, scoring, api = system
     settings = airflow.settings
     client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    previous = client.get_model_version_by_alias(settings.model_name, PREVIOUS_CHAMPION).version
-    client.set_registered_model_alias(settings.model_name, CHALLENGER, previous)
+    previous = client.get_model_version_by_alias(
+        settings.model_name, PREVIOUS_CHAMPION_ALIAS
+    ).version
+    client.set_registered_model_alias(settings.model_name, CHALLENGER_ALIAS, previous)
     try:
 
         def challenger_loaded() -> bool:
@@ -410,7 +412,7 @@ def test_the_experiment_analysis_reads_the_replayed_traffic(system):
             assert any("labelled" in r for r in verdict["reasons"]), verdict
         assert _task(api, "analyze_experiment", run_id, "publish_champion")["state"] == "skipped"
     finally:
-        client.delete_registered_model_alias(settings.model_name, CHALLENGER)
+        client.delete_registered_model_alias(settings.model_name, CHALLENGER_ALIAS)
 
 
 # --- the same Airflow, as a user meets it ------------------------------------------------------

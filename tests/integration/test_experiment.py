@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from pipelines import contracts
 from pipelines.experiment.analysis import AnalysisConfig, analyze
 from pipelines.experiment.cli import experiment_app
 from pipelines.ingest import schema
@@ -76,8 +77,8 @@ def _write_experiment(settings, frame: pd.DataFrame, versions: dict[str, str]) -
 def test_ship_promotes_the_challenger_records_it_and_can_be_rolled_back(settings):
     old, new = _versions(settings, 2)
     client = tracking.client(settings)
-    client.set_registered_model_alias(settings.model_name, gate.CHAMPION, old)
-    client.set_registered_model_alias(settings.model_name, gate.CHALLENGER, new)
+    client.set_registered_model_alias(settings.model_name, contracts.CHAMPION_ALIAS, old)
+    client.set_registered_model_alias(settings.model_name, contracts.CHALLENGER_ALIAS, new)
     frame = simulate("shadow", 1.0, 2.0, n_customers=1500)
     _write_experiment(settings, frame, {"1": old, "2": new})
 
@@ -109,8 +110,8 @@ def test_ship_promotes_the_challenger_records_it_and_can_be_rolled_back(settings
 def test_kill_removes_the_challenger_alias(settings):
     old, new = _versions(settings, 2)
     client = tracking.client(settings)
-    client.set_registered_model_alias(settings.model_name, gate.CHAMPION, old)
-    client.set_registered_model_alias(settings.model_name, gate.CHALLENGER, new)
+    client.set_registered_model_alias(settings.model_name, contracts.CHAMPION_ALIAS, old)
+    client.set_registered_model_alias(settings.model_name, contracts.CHALLENGER_ALIAS, new)
     _write_experiment(settings, simulate("ab", 2.0, 1.0), {"1": old, "2": new})
     result = analyze(settings, LAST_DAY, 10, config=CONFIG)
     assert result.decision == "kill" and result.mode == "ab", result.reasons
@@ -124,8 +125,8 @@ def test_kill_removes_the_challenger_alias(settings):
 def test_a_window_without_labels_is_iterate_and_changes_nothing(settings, window_days):
     old, new = _versions(settings, 2)
     client = tracking.client(settings)
-    client.set_registered_model_alias(settings.model_name, gate.CHAMPION, old)
-    client.set_registered_model_alias(settings.model_name, gate.CHALLENGER, new)
+    client.set_registered_model_alias(settings.model_name, contracts.CHAMPION_ALIAS, old)
+    client.set_registered_model_alias(settings.model_name, contracts.CHALLENGER_ALIAS, new)
     result = analyze(settings, LAST_DAY + dt.timedelta(days=30), window_days, config=CONFIG)
     assert result.decision == "iterate" and "nothing" in result.reasons[0]
     assert _aliases(settings) == {"champion": old, "challenger": new}

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pipelines import contracts
 from pipelines.config import Settings
 from pipelines.featurestore import store
 from tests.worlds import TEST_END, world_copy
@@ -170,7 +171,7 @@ def test_same_window_again_is_deterministic_and_a_tie_keeps_the_champion(world, 
     assert again.version != first["version"]
     assert again.gate["promote"] is False and "tie" in again.gate["reason"]
     assert str(gate.champion(world).version) == first["version"]
-    assert str(gate.version_by_alias(world, gate.CHALLENGER).version) == again.version
+    assert str(gate.version_by_alias(world, contracts.CHALLENGER_ALIAS).version) == again.version
 
 
 def test_cli_shows_the_registry_and_rolls_back(world, first):
@@ -232,5 +233,5 @@ def test_the_dag_runs_every_step_with_a_conf(world, first):
     assert len(after["versions"]) == len(before) + 1
     newest = after["versions"][-1]
     assert newest["tags"]["reason"] == "triggered by a test"
-    assert newest["tags"]["gate_decision"] == gate.CHALLENGER
+    assert newest["tags"]["gate_decision"] == contracts.CHALLENGER_ALIAS
     assert str(after["aliases"]["champion"]) == first["version"]

@@ -11,6 +11,7 @@ import itertools
 
 import pytest
 
+from pipelines import contracts
 from pipelines.registry import gate
 from pipelines.training.protocol import SplitWindows
 
@@ -56,19 +57,19 @@ def _alias(settings, alias: str) -> str | None:
 
 def test_first_version_above_the_floor_becomes_champion(registry):
     v1, decision = _promote(registry, 0.6)
-    assert decision.promote and decision.alias == gate.CHAMPION
-    assert _alias(registry, gate.CHAMPION) == v1
-    assert _alias(registry, gate.PREVIOUS_CHAMPION) is None
+    assert decision.promote and decision.alias == contracts.CHAMPION_ALIAS
+    assert _alias(registry, contracts.CHAMPION_ALIAS) == v1
+    assert _alias(registry, contracts.PREVIOUS_CHAMPION_ALIAS) is None
 
 
 def test_a_worse_model_is_never_promoted_and_says_why(registry):
     v1, _ = _promote(registry, 0.6)
     v2, decision = _promote(registry, 0.55)
     assert not decision.promote
-    assert _alias(registry, gate.CHAMPION) == v1
-    assert _alias(registry, gate.CHALLENGER) == v2
+    assert _alias(registry, contracts.CHAMPION_ALIAS) == v1
+    assert _alias(registry, contracts.CHALLENGER_ALIAS) == v2
     version = gate.tracking.client(registry).get_model_version(registry.model_name, v2)
-    assert version.tags["gate_decision"] == gate.CHALLENGER
+    assert version.tags["gate_decision"] == contracts.CHALLENGER_ALIAS
     assert "does not beat" in version.tags["gate_reason"]
     assert version.description.startswith("challenger:")
     assert version.tags["gate_champion_version"] == v1
@@ -78,15 +79,15 @@ def test_a_tie_keeps_the_champion(registry):
     v1, _ = _promote(registry, 0.6)
     v2, decision = _promote(registry, 0.6)
     assert not decision.promote and "tie" in decision.reason
-    assert _alias(registry, gate.CHAMPION) == v1
-    assert _alias(registry, gate.CHALLENGER) == v2
+    assert _alias(registry, contracts.CHAMPION_ALIAS) == v1
+    assert _alias(registry, contracts.CHALLENGER_ALIAS) == v2
 
 
 def test_below_the_floor_nothing_is_promoted(registry):
     v1, decision = _promote(registry, 0.2)  # no champion yet, but below 0.3
     assert not decision.promote and "floor" in decision.reason
-    assert _alias(registry, gate.CHAMPION) is None
-    assert _alias(registry, gate.CHALLENGER) == v1
+    assert _alias(registry, contracts.CHAMPION_ALIAS) is None
+    assert _alias(registry, contracts.CHALLENGER_ALIAS) == v1
 
 
 def test_below_the_floor_even_a_better_model_is_not_promoted(make_settings, tracking_uri):
@@ -101,7 +102,7 @@ def test_below_the_floor_even_a_better_model_is_not_promoted(make_settings, trac
     )
     _, decision = _promote(settings, 0.29)  # beats 0.25 but not the floor
     assert not decision.promote
-    assert _alias(settings, gate.CHAMPION) == v1
+    assert _alias(settings, contracts.CHAMPION_ALIAS) == v1
 
 
 def test_a_better_model_takes_the_alias_and_rollback_restores_the_previous(registry):
@@ -109,19 +110,19 @@ def test_a_better_model_takes_the_alias_and_rollback_restores_the_previous(regis
     v2, d2 = _promote(registry, 0.6)
     v3, d3 = _promote(registry, 0.7)
     assert d2.promote and d3.promote and "beats champion" in d3.reason
-    assert _alias(registry, gate.CHAMPION) == v3
-    assert _alias(registry, gate.PREVIOUS_CHAMPION) == v2
+    assert _alias(registry, contracts.CHAMPION_ALIAS) == v3
+    assert _alias(registry, contracts.PREVIOUS_CHAMPION_ALIAS) == v2
 
     assert gate.rollback(registry, "bad deploy") == (v3, v2)
-    assert _alias(registry, gate.CHAMPION) == v2
-    assert _alias(registry, gate.PREVIOUS_CHAMPION) == v1
+    assert _alias(registry, contracts.CHAMPION_ALIAS) == v2
+    assert _alias(registry, contracts.PREVIOUS_CHAMPION_ALIAS) == v1
     client = gate.tracking.client(registry)
     assert client.get_model_version(registry.model_name, v3).tags["rolled_back_reason"] == (
         "bad deploy"
     )
     assert gate.rollback(registry) == (v2, v1)
-    assert _alias(registry, gate.CHAMPION) == v1
-    assert _alias(registry, gate.PREVIOUS_CHAMPION) is None
+    assert _alias(registry, contracts.CHAMPION_ALIAS) == v1
+    assert _alias(registry, contracts.PREVIOUS_CHAMPION_ALIAS) is None
     with pytest.raises(gate.RegistryError):
         gate.rollback(registry)
     events = [e["event"] for e in gate.describe(registry)["history"]]
@@ -144,14 +145,14 @@ def test_champion_of_another_window_is_rescored_on_the_new_window(registry):
     v2, decision = _promote(registry, 0.6, LATER, rescore)
     assert seen == [f"models:/{registry.model_name}/{v1}"]
     assert decision.promote and decision.champion_value == 0.5
-    assert _alias(registry, gate.CHAMPION) == v2
+    assert _alias(registry, contracts.CHAMPION_ALIAS) == v2
 
 
 def test_champion_trained_on_the_test_window_is_not_comparable(registry):
     _promote(registry, 0.6, LATER)  # trained on data up to after WINDOW's test period
     v2, decision = _promote(registry, 0.95, WINDOW)
     assert not decision.promote and "no fair comparison" in decision.reason
-    assert _alias(registry, gate.CHALLENGER) == v2
+    assert _alias(registry, contracts.CHALLENGER_ALIAS) == v2
 
 
 def test_registering_the_same_run_twice_returns_the_same_version(registry):
