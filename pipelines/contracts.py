@@ -1,4 +1,5 @@
-"""Names several packages must agree on, owned here: the registry's aliases.
+"""Names several packages must agree on, owned here: the registry's aliases and the columns
+of the prediction log.
 
 Pure constants (no imports): DAG files, serving and the Spark driver may all import it.
 """
@@ -10,3 +11,28 @@ from __future__ import annotations
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 PREVIOUS_CHAMPION_ALIAS = "previous_champion"
+
+# The prediction log (``serving/prediction_log.py`` writes it; monitoring and the experiment
+# analysis read it). One row per scored payment: the identifiers and times below, the payment's
+# amount, the model's inputs as ``feature_<name>``, the answer (``fraud_probability``,
+# ``decision``, ``model_version``, ``unknown_customer``, ``unknown_terminal``), then the
+# experiment columns.
+PREDICTION_LOG_IDENTIFIERS = (
+    "transaction_id",
+    "tx_datetime",
+    "customer_id",
+    "terminal_id",
+    "request_time",
+)
+PREDICTION_LOG_FEATURE_PREFIX = "feature_"
+# Experiment bookkeeping and timings, with their Arrow types (often all-null in one part: no
+# shadow running) and the value a part written before they existed stands for.
+PREDICTION_LOG_EXPERIMENT_COLUMNS: dict[str, tuple[str, object]] = {
+    "variant": ("string", None),
+    "shadow_probability": ("double", None),
+    "shadow_model_version": ("string", None),
+    "challenger_failed": ("bool", False),
+    "latency_ms": ("double", None),
+    "model_latency_ms": ("double", None),
+    "shadow_latency_ms": ("double", None),
+}

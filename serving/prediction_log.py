@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipelines.contracts import PREDICTION_LOG_EXPERIMENT_COLUMNS
 from pipelines.lake import part_path, write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,11 @@ log = logging.getLogger(__name__)
 JOURNAL_DIR = "_journal"
 _FRAME = struct.Struct("<I")  # byte length of the pickled rows that follow
 
-# Columns that are often all-null in one flush (no shadow running, no feature state): typed
-# here so every part has the same schema instead of Arrow's ``null`` type.
+# Columns that are often all-null in one flush (no shadow running): typed so every part has
+# the same schema instead of Arrow's ``null`` type.
 NULLABLE_TYPES = {
-    "shadow_probability": pa.float64(),
-    "shadow_model_version": pa.string(),
-    "shadow_latency_ms": pa.float64(),
+    name: pa.type_for_alias(arrow_type)
+    for name, (arrow_type, _) in PREDICTION_LOG_EXPERIMENT_COLUMNS.items()
 }
 
 

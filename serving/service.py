@@ -28,6 +28,7 @@ import bentoml
 from pydantic import Field
 
 from pipelines.config import get_settings
+from pipelines.contracts import PREDICTION_LOG_FEATURE_PREFIX
 from serving.batching import NaturalBatcher
 from serving.bento import BENTO_NAME, model_version_of, running_bento
 from serving.drain import ConnectionDrain, drain_on_signal
@@ -315,7 +316,11 @@ class FraudScoringService:
                     "customer_id": t.customer_id,
                     "terminal_id": t.terminal_id,
                     "tx_amount": t.tx_amount,
-                    **{f"feature_{k}": v for k, v in features[j].items() if k != "tx_amount"},
+                    **{
+                        f"{PREDICTION_LOG_FEATURE_PREFIX}{k}": v
+                        for k, v in features[j].items()
+                        if k != "tx_amount"
+                    },
                     "fraud_probability": score.fraud_probability,
                     "decision": score.decision,
                     "model_version": score.model_version,

@@ -170,18 +170,6 @@ def read_labels(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFra
     return labels.drop_duplicates("transaction_id", keep="last")
 
 
-# Columns the analysis reads; older log parts lack the experiment ones.
-_LOG_DEFAULTS: dict[str, Any] = {
-    "variant": None,
-    "shadow_probability": None,
-    "shadow_model_version": None,
-    "challenger_failed": False,
-    "latency_ms": None,
-    "model_latency_ms": None,
-    "shadow_latency_ms": None,
-}
-
-
 def labelled_log(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame | None:
     """Prediction-log rows of ``first`` .. ``last`` with ``tx_fraud`` (NaN: not arrived)."""
     from pipelines.monitoring.data import read_prediction_log
@@ -189,8 +177,8 @@ def labelled_log(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFr
     log_rows = read_prediction_log(settings, first, last)
     if log_rows is None:
         return None
-    for column, default in _LOG_DEFAULTS.items():
-        if column not in log_rows:
+    for column, (_, default) in contracts.PREDICTION_LOG_EXPERIMENT_COLUMNS.items():
+        if column not in log_rows:  # a part written before the experiment columns existed
             log_rows[column] = default
     labels = read_labels(settings, first, last)
     frame = log_rows.merge(labels, on="transaction_id", how="left")

@@ -16,6 +16,11 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from pipelines.config import Settings
+from pipelines.contracts import (
+    PREDICTION_LOG_EXPERIMENT_COLUMNS,
+    PREDICTION_LOG_FEATURE_PREFIX,
+    PREDICTION_LOG_IDENTIFIERS,
+)
 from pipelines.lake import day_files
 
 if TYPE_CHECKING:
@@ -33,24 +38,9 @@ TRANSACTION_COLUMNS = [
     "customer_amount_ratio_30d",
     "customer_terminal_is_new",
 ]
-# Prediction-log columns that are not monitored (identifiers and times).
-PREDICTION_LOG_KEYS = [
-    "transaction_id",
-    "tx_datetime",
-    "customer_id",
-    "terminal_id",
-    "request_time",
-    # Experiment bookkeeping and timings (serving/prediction_log.py): not model inputs, and
-    # a latency "drift" is the machine's, not the data's.
-    "variant",
-    "shadow_probability",
-    "shadow_model_version",
-    "challenger_failed",
-    "latency_ms",
-    "model_latency_ms",
-    "shadow_latency_ms",
-]
-FEATURE_PREFIX = "feature_"
+# Prediction-log columns that are not monitored: identifiers and times, and the experiment's
+# bookkeeping and timings (not model inputs; a latency "drift" is the machine's, not the data's).
+PREDICTION_LOG_KEYS = [*PREDICTION_LOG_IDENTIFIERS, *PREDICTION_LOG_EXPERIMENT_COLUMNS]
 
 # Windows as in the feature job: (t - w, t] on whole seconds; "1 preceding" leaves out the
 # current transaction (and, with second resolution, others in the same second).
@@ -172,7 +162,9 @@ def read_prediction_log(
 def prediction_profile_frame(log: pd.DataFrame) -> pd.DataFrame:
     """The monitored part of the prediction log, inputs named as the model names them."""
     monitored = log.drop(columns=[c for c in PREDICTION_LOG_KEYS if c in log.columns])
-    return monitored.rename(columns={c: c.removeprefix(FEATURE_PREFIX) for c in monitored.columns})
+    return monitored.rename(
+        columns={c: c.removeprefix(PREDICTION_LOG_FEATURE_PREFIX) for c in monitored.columns}
+    )
 
 
 def read_labelled_scores(

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines import contracts
 from pipelines.experiment.assignment import TREATMENT, assign
 from serving.features import FeatureBatch
 from serving.model import LoadedModel, decide
@@ -153,6 +154,11 @@ def test_shadow_never_changes_a_response_or_decision(service):
     off_rows = off.prediction_log.rows
     assert all(r["shadow_probability"] is None and r["variant"] == "control" for r in off_rows)
     assert set(off_rows[0]) == set(logged[0])  # one log schema whatever the mode
+    # The columns its readers know them by (pipelines/contracts.py).
+    columns = set(logged[0])
+    assert columns >= {*contracts.PREDICTION_LOG_IDENTIFIERS}
+    assert columns >= {*contracts.PREDICTION_LOG_EXPERIMENT_COLUMNS}
+    assert any(c.startswith(contracts.PREDICTION_LOG_FEATURE_PREFIX) for c in columns)
 
 
 def test_a_failing_shadow_challenger_changes_nothing_but_is_flagged(service):
