@@ -69,7 +69,9 @@ def _progress() -> Progress:
 def _days(first: dt.date, last: dt.date) -> list[dt.date]:
     if last < first:
         raise typer.BadParameter(f"end {last} is before start {first}")
-    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    from pipelines.lake import days_between
+
+    return days_between(first, last)
 
 
 @app.command()

@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +64,36 @@ def remove_stale_tmp(directory: Path, older_than: float = STALE_TMP_SECONDS) -> 
     return len(stale)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old or the complete new text."""
+def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
+    """Every day from ``first`` to ``last``, both included (none if ``last`` is before)."""
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write to: when the block succeeds it replaces
+    ``path`` in one rename, so a reader sees the old or the complete new file; when it fails
+    it is removed and ``path`` is untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` so that a reader sees the old or the complete new
+    text."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def copy_atomic(source: Path, path: Path) -> None:
+    """Copy ``source`` to ``path`` so that a reader sees the old or the complete new copy."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
@@ -77,14 +104,10 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     for leftover in path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"):
         leftover.unlink(missing_ok=True)
     remove_stale_tmp(path.parent)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, coerce_timestamps="us", allow_truncated_timestamps=False)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -155,15 +155,13 @@ def read_labels(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFra
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from pipelines.lake import partition_dir
+    from pipelines.lake import days_between, partition_dir
 
     files = []
-    day = first
-    while day <= last:
+    for day in days_between(first, last):
         folder = partition_dir(settings.raw_labels_dir, day)
         if folder.is_dir():
             files += sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
-        day += dt.timedelta(days=1)
     if not files:
         return pd.DataFrame({"transaction_id": pd.Series(dtype="int64"), "tx_fraud": []})
     labels = pq.read_table(files, columns=["transaction_id", "tx_fraud"]).to_pandas()
@@ -551,7 +549,7 @@ def _tags(result: ExperimentResult) -> dict[str, str]:
 
 def record(settings: Settings, result: ExperimentResult) -> Path:
     """The decision as JSON under ``<home>/experiments/decisions/`` and as version tags."""
-    from pipelines.lake import TMP_SUFFIX
+    from pipelines.lake import write_text_atomic
     from pipelines.training import tracking
 
     folder = experiments_dir(settings) / "decisions"
@@ -559,9 +557,7 @@ def record(settings: Settings, result: ExperimentResult) -> Path:
     stamp = result.analysed_at.replace(":", "").replace("+0000", "Z")
     path = folder / f"{stamp}-v{result.challenger_version}.json"
     result.record = str(path)
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(result.to_dict(), indent=2, default=str))
     client = tracking.client(settings)
     for key, value in _tags(result).items():
         client.set_model_version_tag(settings.model_name, result.challenger_version, key, value)

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from pipelines.config import Settings
 from pipelines.ingest import schema, scored
 from pipelines.ingest.scored import ingest_scored_day
-from pipelines.lake import day_files, part_path, write_parquet_atomic
+from pipelines.lake import day_files, days_between, part_path, write_parquet_atomic
 from pipelines.simulate import SimulationConfig, TransactionSimulator
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,8 @@ def ingest_days(
         raise ValueError(f"end {last} is before start {first}")
     sim = TransactionSimulator(SimulationConfig.from_settings(settings))
     results = []
-    for offset in range((last - first).days + 1):
-        result = ingest_day(first + dt.timedelta(days=offset), settings, simulator=sim)
+    for day in days_between(first, last):
+        result = ingest_day(day, settings, simulator=sim)
         results.append(result)
         if on_day is not None:
             on_day(result)

@@ -138,7 +138,7 @@ def read_prediction_log(
     """
     import duckdb
 
-    from pipelines.monitoring.profiles import days_between
+    from pipelines.lake import days_between
 
     files = [
         f for d in days_between(first, last or first) for f in prediction_log_files(settings, d)

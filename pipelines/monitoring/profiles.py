@@ -16,13 +16,12 @@ with the same function: two profiles are comparable only if the same typing rule
 from __future__ import annotations
 
 import datetime as dt
-import os
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pipelines.config import Settings
+from pipelines.lake import atomic_path, days_between
 from pipelines.monitoring.whylogs_compat import import_whylogs, read_profile
 
 if TYPE_CHECKING:
@@ -67,13 +66,8 @@ def profile_frame(frame: pd.DataFrame) -> Any:
 
 def write_view(view: Any, path: Path) -> Path:
     """Write a profile view atomically (old or new file, never a partial one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
+    with atomic_path(path) as tmp:
         view.write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -93,10 +87,6 @@ def merge_views(views: Iterable[Any]) -> Any | None:
         if view is not None:
             merged = view if merged is None else merged.merge(view)
     return merged
-
-
-def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
-    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
 def stored_days(settings: Settings, kind: str) -> list[dt.date]:

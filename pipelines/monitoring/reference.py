@@ -25,8 +25,8 @@ from typing import Any
 
 from pipelines.config import Settings
 from pipelines.contracts import CHAMPION_ALIAS
+from pipelines.lake import days_between
 from pipelines.monitoring.profiles import (
-    days_between,
     ensure_day,
     monitoring_dir,
     read_view,

@@ -11,31 +11,19 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import os
 import re
-import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import Settings
+from pipelines.lake import copy_atomic, write_text_atomic
 from pipelines.monitoring.profiles import monitoring_dir
 from pipelines.monitoring.whylogs_compat import import_whylogs
 
 
 def reports_dir(settings: Settings) -> Path:
     return monitoring_dir(settings) / "reports"
-
-
-def _write_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def render_summary_drift_report(target: Any, reference: Any, column_kinds: dict[str, str]) -> str:
@@ -73,9 +61,6 @@ def write_report(
     at = computed_at or dt.datetime.now(dt.UTC)
     folder = reports_dir(settings) / f"date={day.isoformat()}"
     path = folder / f"{kind}-{at:%Y%m%dT%H%M%S}.html"
-    _write_atomic(render_summary_drift_report(target, reference, column_kinds), path)
-    latest = folder / f"{kind}-latest.html"
-    tmp = folder / f".{latest.name}.{uuid.uuid4().hex}.tmp"
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, latest)
+    write_text_atomic(path, render_summary_drift_report(target, reference, column_kinds))
+    copy_atomic(path, folder / f"{kind}-latest.html")
     return path

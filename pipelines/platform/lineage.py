@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.lake import write_text_atomic
 from pipelines.platform.mlflow import healthy
 from pipelines.platform.process import ManagedProcess, wait_until
 
@@ -70,9 +71,7 @@ every 30 seconds.</p>
 <p>Published into <code>{html.escape(str(site))}</code>.</p>
 </body></html>
 """
-    partial = site / ".index.html.partial"
-    partial.write_text(page)
-    os.replace(partial, index)
+    write_text_atomic(index, page)
     return True
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.lake import copy_atomic
 
 log = logging.getLogger(__name__)
 
@@ -263,9 +263,7 @@ def generate_docs(settings: Settings) -> DbtDocsResult:
     site.mkdir(parents=True, exist_ok=True)
     for name in DOCS_FILES:
         # Copy then rename: the docs server never hands out a half-written file.
-        partial = site / f".{name}.partial"
-        shutil.copyfile(target / name, partial)
-        os.replace(partial, site / name)
+        copy_atomic(target / name, site / name)
     result = DbtDocsResult(
         path=site,
         nodes=len(catalog.nodes),

@@ -18,10 +18,11 @@ import pytest
 
 from pipelines.config import Settings
 from pipelines.ingest.daily import ingest_days
+from pipelines.lake import days_between
 from pipelines.monitoring import retrain
 from pipelines.monitoring.metrics_table import read_metrics
 from pipelines.monitoring.monitor import run_monitor
-from pipelines.monitoring.profiles import days_between, profiles_dir
+from pipelines.monitoring.profiles import profiles_dir
 from pipelines.transform.dbt import run_dbt_build
 
 FIRST_DAY = dt.date(2018, 4, 1)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from pipelines.lake import STALE_TMP_SECONDS, write_parquet_atomic
+from pipelines.lake import (
+    STALE_TMP_SECONDS,
+    atomic_path,
+    days_between,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 
 
 def test_a_write_removes_stale_temporaries_but_not_another_writers(tmp_path):
@@ -23,3 +31,26 @@ def test_a_write_removes_stale_temporaries_but_not_another_writers(tmp_path):
     assert pq.read_table(path).column("x").to_pylist() == [1, 2]
     assert in_progress.exists() and not left_behind.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [in_progress.name, "part-c.parquet"]
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "report.html"
+    write_text_atomic(path, "old")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old"
+    assert [p.name for p in path.parent.iterdir()] == ["report.html"]
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new"
+
+
+def test_days_between_includes_both_ends_and_is_empty_when_reversed():
+    first = dt.date(2024, 2, 28)
+    assert days_between(first, dt.date(2024, 3, 1)) == [
+        first,
+        dt.date(2024, 2, 29),
+        dt.date(2024, 3, 1),
+    ]
+    assert days_between(first, first) == [first]
+    assert days_between(first, dt.date(2024, 2, 27)) == []
