@@ -28,7 +28,7 @@ import bentoml
 from pydantic import Field
 
 from pipelines.config import get_settings
-from pipelines.contracts import PREDICTION_LOG_FEATURE_PREFIX
+from pipelines.contracts import CHALLENGER_ALIAS, PREDICTION_LOG_FEATURE_PREFIX
 from serving.batching import NaturalBatcher
 from serving.bento import BENTO_NAME, model_version_of, running_bento
 from serving.drain import ConnectionDrain, drain_on_signal
@@ -100,7 +100,6 @@ def waited_too_long(job: ScoreJob, now: float, max_wait_ms: float) -> str | None
 @bentoml.service(name=BENTO_NAME, traffic={"timeout": 30}, workers=_settings.serving_workers)
 class FraudScoringService:
     def __init__(self) -> None:
-        from pipelines.contracts import CHALLENGER_ALIAS
         from pipelines.featurestore.online import checkpoint_in_background
         from pipelines.featurestore.store import get_store
         from serving.model import AliasWatcher, ChampionWatcher
