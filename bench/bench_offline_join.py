@@ -30,7 +30,7 @@ DAYS = 60
 
 def build(home: Path) -> None:
     from pipelines.config import load_settings
-    from pipelines.features.build import build_features
+    from pipelines.featurestore.build import build_features
     from pipelines.ingest.daily import ingest_days
 
     settings = load_settings()

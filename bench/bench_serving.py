@@ -92,8 +92,7 @@ def train_small_champion(settings: Any, frame: Any, inputs: list[str]) -> str:
     import mlflow
     import mlflow.pytorch
 
-    from pipelines.registry import gate as registry
-    from pipelines.training import tracking
+    from pipelines.registry import tracking, versions
     from pipelines.training.model import (
         FraudScorer,
         HyperParams,
@@ -133,7 +132,7 @@ def train_small_champion(settings: Any, frame: Any, inputs: list[str]) -> str:
         "input_baseline": json.dumps({c: float(v) for c, v in baseline.items()}),
         "data_window": "benchmark world",
     }
-    version = registry.register_version(settings, info.model_uri, run.info.run_id, tags)
+    version = versions.register_version(settings, info.model_uri, run.info.run_id, tags)
     tracking.client(settings).set_registered_model_alias(
         settings.model_name, CHAMPION_ALIAS, version
     )
@@ -171,8 +170,8 @@ def build_world(home: Path, world: str) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from pipelines.config import load_settings
-    from pipelines.features.build import build_features
     from pipelines.featurestore import store
+    from pipelines.featurestore.build import build_features
     from pipelines.ingest.daily import ingest_days
     from pipelines.transform.dbt import mart_file
 

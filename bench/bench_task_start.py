@@ -22,7 +22,7 @@ import time
 
 TASK = (
     "from pipelines.config import get_settings\n"
-    "from pipelines.registry.gate import champion\n"
+    "from pipelines.registry.versions import champion\n"
     "champion(get_settings())\n"
 )
 

@@ -71,7 +71,7 @@ def load() -> str:
 
 
 def build_world(settings) -> dict[str, str]:
-    from pipelines.features.build import build_features
+    from pipelines.featurestore.build import build_features
     from pipelines.ingest.daily import ingest_days
     from pipelines.training import train
 
@@ -82,8 +82,8 @@ def build_world(settings) -> dict[str, str]:
 
 
 def quality(scorer, data) -> tuple[float, float]:
+    from pipelines.metrics import average_precision, roc_auc
     from pipelines.training.dataset import LABEL
-    from pipelines.training.metrics import average_precision, roc_auc
 
     test = data.frames["test"]
     scores = scorer.score_frame(test)
@@ -113,7 +113,8 @@ def main() -> None:
         }
         os.environ.update(env)
         from pipelines.config import load_settings
-        from pipelines.training import dataset, distributed, tracking, train
+        from pipelines.registry import tracking
+        from pipelines.training import dataset, distributed, ensemble, train
         from pipelines.training.model import FraudScorer, configure_threads
 
         try:
@@ -157,7 +158,7 @@ def main() -> None:
                 for threads in (2, 1):
                     configure_threads(threads)
                     t0 = time.monotonic()
-                    members, _ = train.train_ensemble(data, tuning["members"], train._fit_here)
+                    members, _ = ensemble.train_ensemble(data, tuning["members"], ensemble.fit_here)
                     seconds = time.monotonic() - t0
                     timings.setdefault(f"final, 1 process x {threads} thread(s)", []).append(
                         seconds

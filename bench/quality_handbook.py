@@ -76,7 +76,7 @@ def run_seed(seed: int, home: Path, budget: int, trials: int) -> dict:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from pipelines.config import load_settings
-    from pipelines.features.build import build_features
+    from pipelines.featurestore.build import build_features
     from pipelines.ingest.daily import ingest_days
     from pipelines.training import dataset
     from pipelines.training.train import run_training, score_with
@@ -123,7 +123,7 @@ def logistic_regression(data: ProtocolData) -> tuple[dict, np.ndarray]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from pipelines.training.metrics import ranking_metrics
+    from pipelines.metrics import ranking_metrics
 
     train, test = data.frames["train"], data.frames["test"]
     # Missing terminal state (no transaction within the view's TTL): no activity, no risk.
@@ -146,7 +146,7 @@ def paired_bootstrap(
     import numpy as np
     import pandas as pd
 
-    from pipelines.training.metrics import ranking_metrics
+    from pipelines.metrics import ranking_metrics
 
     codes, cards = pd.factorize(test.customer_id)
     order = np.argsort(codes, kind="stable")
@@ -179,7 +179,7 @@ def ceilings(data: ProtocolData) -> dict:
     """
     import numpy as np
 
-    from pipelines.training.metrics import ranking_metrics
+    from pipelines.metrics import ranking_metrics
 
     test = data.frames["test"]
     labels = test.tx_fraud.to_numpy()
@@ -340,7 +340,7 @@ def _load_seed(workdir: Path, seed: int) -> dict:
     result.setdefault("ceiling", ceilings(data))
     if "difference_interval" not in result:
         from pipelines.config import load_settings
-        from pipelines.training import tracking
+        from pipelines.registry import tracking
         from pipelines.training.train import score_with
 
         os.environ["FRAUD_HOME"] = str(home)  # that seed's MLflow store

@@ -18,14 +18,12 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from pipelines.config import get_settings
 from pipelines.monitoring.trigger import DeduplicatedTriggerDagRunOperator
-from pipelines.orchestration import DEFAULT_ARGS, run_day, utc_midnight
-
-settings = get_settings()
+from pipelines.orchestration import DEFAULT_ARGS, history_start, run_day
 
 
 @dag(
-    schedule=CronDataIntervalTimetable(settings.monitor_schedule, timezone="UTC"),
-    start_date=utc_midnight(settings.history_start_date),
+    schedule=CronDataIntervalTimetable(get_settings().monitor_schedule, timezone="UTC"),
+    start_date=history_start(),
     catchup=False,
     # Runs in order: each decision sees the trigger (and metrics) of the one before.
     max_active_runs=1,
@@ -42,16 +40,16 @@ settings = get_settings()
     doc_md=__doc__,
 )
 def monitor_drift():
-    @task.sensor(poke_interval=settings.monitor_poke_seconds, timeout=12 * 3600, mode="reschedule")
+    @task.sensor(
+        poke_interval=get_settings().monitor_poke_seconds, timeout=12 * 3600, mode="reschedule"
+    )
     def wait_for_data(data_interval_start=None, params=None) -> bool:
-        from pipelines.config import get_settings
         from pipelines.monitoring.data import mart_has_day
 
         return mart_has_day(get_settings(), run_day(params, data_interval_start))
 
     @task
     def profile_day(data_interval_start=None, params=None) -> dict:
-        from pipelines.config import get_settings
         from pipelines.monitoring.profiles import profile_day
 
         day = run_day(params, data_interval_start)
@@ -63,7 +61,6 @@ def monitor_drift():
 
     @task
     def compute_drift(profiled: dict) -> dict:
-        from pipelines.config import get_settings
         from pipelines.monitoring.monitor import compute_scores
         from pipelines.monitoring.policy import decide
         from pipelines.monitoring.retrain import retrain_conf
@@ -88,15 +85,14 @@ def monitor_drift():
 
     @task
     def publish_report(result: dict, run_id=None) -> dict:
-        from pipelines.config import get_settings
         from pipelines.monitoring.monitor import publish
-        from pipelines.monitoring.policy import Decision
+        from pipelines.monitoring.policy import MonitorDecision
         from pipelines.monitoring.scores import DriftScores
 
         metrics_path, reports = publish(
             get_settings(),
             DriftScores.from_dict(result["scores"]),
-            Decision.from_dict(result["decision"]),
+            MonitorDecision.from_dict(result["decision"]),
             run_id,
         )
         for kind, path in reports.items():
@@ -129,7 +125,7 @@ def monitor_drift():
         DeduplicatedTriggerDagRunOperator(
             task_id="retrain",
             payload_task_id="compute_drift",
-            cooldown_days=settings.retrain_cooldown_days,
+            cooldown_days=get_settings().retrain_cooldown_days,
         ),
     ]
 

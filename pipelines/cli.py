@@ -257,7 +257,7 @@ def features_materialize() -> None:
 @features_app.command("build")
 def features_build() -> None:
     """All of it, in order: dbt, Spark, feast apply, materialize (what build_features runs)."""
-    from pipelines.features.build import build_features
+    from pipelines.featurestore.build import build_features
 
     with console.status("building features…") as status:
         built = build_features(get_settings(), on_step=lambda name: status.update(f"{name}…"))

@@ -6,7 +6,7 @@ Pure constants (no imports): DAG files, serving and the Spark driver may all imp
 
 from __future__ import annotations
 
-# Aliases of ``settings.model_name`` in the MLflow registry (``pipelines/registry/gate.py``
+# Aliases of ``settings.model_name`` in the MLflow registry (``pipelines/registry/promotion.py``
 # moves them; serving follows ``champion``, experiments compare with ``challenger``).
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"

@@ -1,4 +1,5 @@
-"""What the DAG files share: Assets, default task arguments and the day a run works on.
+"""What the DAG files share: Assets, default task arguments, the start date and the day a run
+works on.
 
 Imported at DAG parse time, so it must stay light (no pandas, no Spark, no torch).
 """
@@ -10,6 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow.sdk import Asset
+
+from pipelines.config import get_settings
 
 # Data-aware scheduling: producers list these as outlets, consumers schedule on them.
 RAW_TRANSACTIONS = Asset(name="raw_transactions", uri="lake://raw/transactions")
@@ -29,6 +32,13 @@ DEFAULT_ARGS = {
 
 def utc_midnight(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), dt.UTC)
+
+
+def history_start() -> dt.datetime:
+    """Every DAG's start date: UTC midnight of the first day of the history
+    (``Settings.history_start_date``). The scheduled DAGs' catchup starts there; the
+    Asset-scheduled ones run on events, all later."""
+    return utc_midnight(get_settings().history_start_date)
 
 
 def run_day(params: Mapping[str, Any] | None, interval_edge: dt.datetime | None) -> dt.date:

@@ -34,7 +34,7 @@ def scores_dir(settings: Settings) -> Path:
 def score_day(settings: Settings, day: dt.date) -> BatchScoreResult:
     from pipelines.featurestore.store import historical_features, training_entities
     from pipelines.transform.dbt import mart_file
-    from serving.model import decide, load_champion
+    from serving.model import action_for, load_champion
 
     model = load_champion(settings.tracking_uri, settings.model_name)
     mart = pq.read_table(
@@ -53,7 +53,8 @@ def score_day(settings: Settings, day: dt.date) -> BatchScoreResult:
     probabilities = model.predict(frame[model.inputs].astype("float64"))
     frame["fraud_probability"] = probabilities
     frame["decision"] = [
-        decide(float(p), settings.review_threshold, settings.block_threshold) for p in probabilities
+        action_for(float(p), settings.review_threshold, settings.block_threshold)
+        for p in probabilities
     ]
     frame["model_version"] = model.version
     frame["scored_at"] = dt.datetime.now(dt.UTC)

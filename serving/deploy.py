@@ -139,7 +139,7 @@ def main() -> None:
     import argparse
 
     from pipelines.config import get_settings
-    from pipelines.registry.gate import rollback
+    from pipelines.registry.promotion import rollback
 
     parser = argparse.ArgumentParser(prog="python -m serving.deploy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -176,7 +176,7 @@ def _limit_threads(threads: int) -> None:
         _torch_threads.value = threads
 
 
-def decide(probability: float, review: float, block: float) -> str:
+def action_for(probability: float, review: float, block: float) -> str:
     """approve / review / block by the configured thresholds (same online and in batch)."""
     if probability >= block:
         return "block"

@@ -263,7 +263,7 @@ class FraudScoringService:
         features (when the write-through is on)."""
         from serving.experiment import score_request
         from serving.features import fetch
-        from serving.model import decide
+        from serving.model import action_for
 
         s = self.settings
         scored = score_request(
@@ -300,7 +300,7 @@ class FraudScoringService:
                 score = Score(
                     transaction_id=t.transaction_id,
                     fraud_probability=round(p, 6),
-                    decision=decide(p, s.review_threshold, s.block_threshold),
+                    decision=action_for(p, s.review_threshold, s.block_threshold),
                     model_name=served.name,
                     model_version=served.version,
                     unknown_customer=bool(b.unknown_customer[j]),

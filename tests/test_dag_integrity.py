@@ -12,7 +12,10 @@ from pipelines.config import PROJECT_ROOT, load_settings
 from pipelines.platform.airflow import AirflowServices
 
 DAG_FILES = sorted((PROJECT_ROOT / "dags").glob("*.py"))
-HEAVY = ["pandas", "numpy", "pyarrow", "duckdb", "torch", "pyspark", "feast", "mlflow", "dbt"]
+HEAVY = [
+    *("pandas", "numpy", "pyarrow", "duckdb", "torch", "pyspark", "feast", "mlflow", "dbt"),
+    *("whylogs", "bentoml", "optuna", "sklearn"),
+]
 
 _DAGBAG = textwrap.dedent(
     """

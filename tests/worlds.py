@@ -76,7 +76,7 @@ def world_settings(home: Path, **extra: object) -> Iterator[Settings]:
 
 def build_world(home: Path) -> Path:
     """Ingest the world's days and run the whole feature path on ``home``; returns ``home``."""
-    from pipelines.features.build import build_features
+    from pipelines.featurestore.build import build_features
     from pipelines.ingest.daily import ingest_days
 
     with world_settings(home) as settings:

@@ -31,7 +31,7 @@ Decision, in this order:
    otherwise -> **iterate** (indistinguishable so far).
 
 Actions (``apply=True``): ship moves the ``champion`` alias to the challenger through
-``pipelines.registry.gate.apply_decision`` (one alias move; the old champion becomes
+``pipelines.registry.promotion.apply_decision`` (one alias move; the old champion becomes
 ``previous_champion``, so ``rollback`` undoes it); kill removes the ``challenger`` alias (the
 service stops routing to it); iterate changes nothing. Every analysis is recorded as a JSON
 file under ``<home>/experiments/decisions/`` and as ``experiment_*`` tags on the challenger
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Decision = Literal["ship", "iterate", "kill"]
+ExperimentDecision = Literal["ship", "iterate", "kill"]
 Mode = Literal["ab", "shadow"]
 DEFAULT_WINDOW_DAYS = 28
 CONTROL, TREATMENT = "control", "treatment"
@@ -122,7 +122,7 @@ class Difference:
 
 @dataclass
 class ExperimentResult:
-    decision: Decision
+    decision: ExperimentDecision
     reasons: list[str]
     mode: Mode | None
     champion_version: str
@@ -239,7 +239,7 @@ def bootstrap_difference(
     import numpy as np
     import pandas as pd
 
-    from pipelines.training.metrics import average_precision
+    from pipelines.metrics import average_precision
 
     rng = np.random.default_rng(seed)
     observed = average_precision(treatment["tx_fraud"], treatment["score"]) - average_precision(
@@ -287,7 +287,7 @@ def _arm(
     k: int,
     error_rate: float | None,
 ) -> tuple[ArmStats, pd.DataFrame]:
-    from pipelines.training.metrics import average_precision, card_precision_at_k
+    from pipelines.metrics import average_precision, card_precision_at_k
 
     labelled = rows[rows["tx_fraud"].notna() & rows[score_column].notna()]
     scored = labelled.assign(
@@ -484,16 +484,15 @@ def compare(
 
 
 def _aliased(settings: Settings, alias: str) -> str | None:
-    from pipelines.registry import gate
+    from pipelines.registry import versions
 
-    found = gate.version_by_alias(settings, alias)
+    found = versions.version_by_alias(settings, alias)
     return None if found is None else str(found.version)
 
 
 def apply_result(settings: Settings, result: ExperimentResult) -> str:
     """Carry out the decision in the registry (see the module docstring); returns what it did."""
-    from pipelines.registry import gate
-    from pipelines.training import tracking
+    from pipelines.registry import promotion, tracking
 
     # Act only on the versions analysed: an alias that moved meanwhile belongs to someone else.
     if (
@@ -505,7 +504,7 @@ def apply_result(settings: Settings, result: ExperimentResult) -> str:
     ):
         return "none: the aliases moved since the analysis"
     if result.decision == "ship":
-        decision = gate.GateDecision(
+        decision = promotion.PromotionDecision(
             promote=True,
             reason="experiment: " + result.reasons[0],
             metric="experiment_average_precision",
@@ -514,7 +513,7 @@ def apply_result(settings: Settings, result: ExperimentResult) -> str:
             champion_version=result.champion_version,
             version=result.challenger_version,
         )
-        gate.apply_decision(settings, result.challenger_version, decision)
+        promotion.apply_decision(settings, result.challenger_version, decision)
         return f"promoted v{result.challenger_version} to champion"
     if result.decision == "kill":
         tracking.client(settings).delete_registered_model_alias(
@@ -550,7 +549,7 @@ def _tags(result: ExperimentResult) -> dict[str, str]:
 def record(settings: Settings, result: ExperimentResult) -> Path:
     """The decision as JSON under ``<home>/experiments/decisions/`` and as version tags."""
     from pipelines.lake import write_text_atomic
-    from pipelines.training import tracking
+    from pipelines.registry import tracking
 
     folder = experiments_dir(settings) / "decisions"
     folder.mkdir(parents=True, exist_ok=True)

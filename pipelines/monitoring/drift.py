@@ -20,7 +20,8 @@ Per column:
 And data quality: columns missing or new against the reference, inferred types that changed,
 and missing-value rates that rose.
 
-The severity of each column is the policy's business (``pipelines.monitoring.policy``).
+Measured only: the severity of each column is the policy's business
+(``pipelines.monitoring.policy.judge_columns``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class ColumnDrift:
     rows: int  # today's rows
     reference_rows: int
     policy: bool  # counts in the retrain decision
-    severity: Severity = "none"
+    severity: Severity | None = None  # the policy's judgement (policy.judge_columns)
 
     def to_dict(self) -> dict[str, Any]:
         # JSON (XCom, the REST API) has no NaN/inf: a chi-square of a category the reference
@@ -97,19 +98,6 @@ def psi(expected: np.ndarray | list[float], actual: np.ndarray | list[float]) ->
     if e.shape != a.shape:
         raise ValueError(f"{e.size} expected bins for {a.size} actual bins")
     return float(np.sum((a - e) * np.log(a / e)))
-
-
-def psi_band(value: float | None) -> Severity:
-    """The seed's PSI bands: < 0.1 none, 0.1-0.2 warning, > 0.2 critical."""
-    from pipelines.monitoring.policy import PSI_CRITICAL, PSI_WARNING
-
-    if value is None or math.isnan(value):
-        return "none"
-    if value > PSI_CRITICAL:
-        return "critical"
-    if value >= PSI_WARNING:
-        return "warning"
-    return "none"
 
 
 def _kll(column_view: Any) -> Any | None:
@@ -223,16 +211,11 @@ def compare_profiles(
     reference: Any,
     *,
     columns: list[str] | None = None,
-    thresholds: Any = None,
 ) -> list[ColumnDrift]:
-    """Drift of every column present in both profiles (or of ``columns``); severities by
-    ``thresholds`` (a ``policy.Thresholds``, default the policy's)."""
+    """Drift of every column present in both profiles (or of ``columns``), measured only: the
+    severities are the policy's (``policy.judge_columns``)."""
     import_whylogs()
     from whylogs.viz.drift.column_drift_algorithms import Hellinger, calculate_drift_scores
-
-    from pipelines.monitoring.policy import DEFAULT_THRESHOLDS, column_severity
-
-    thresholds = thresholds or DEFAULT_THRESHOLDS
 
     target_columns = target.get_columns()
     reference_columns = reference.get_columns()
@@ -291,14 +274,8 @@ def compare_profiles(
             reference_rows=_rows(r_col),
             policy=name not in NON_POLICY_COLUMNS,
         )
-        out.append(_with_severity(drift, column_severity(drift, thresholds)))
+        out.append(drift)
     return out
-
-
-def _with_severity(drift: ColumnDrift, severity: Severity) -> ColumnDrift:
-    from dataclasses import replace
-
-    return replace(drift, severity=severity)
 
 
 def _subset(view: Any, names: list[str]) -> Any:
@@ -318,16 +295,16 @@ def quality_issues(
     target: Any,
     reference: Any,
     *,
+    missing_rate_rise: float,
     expected_columns: list[str] | None = None,
-    missing_rate_rise: float | None = None,
 ) -> list[QualityIssue]:
     """Schema changes and missing values of ``target`` against ``reference``.
 
-    ``expected_columns``: the columns today's data must have (default: the reference's).
+    ``missing_rate_rise``: the rise of a column's missing-value rate that is an issue (the
+    policy's ``Thresholds.missing_rate_rise``). ``expected_columns``: the columns today's data
+    must have (default: the reference's).
     """
-    from pipelines.monitoring.policy import MISSING_RATE_RISE
-
-    rise = MISSING_RATE_RISE if missing_rate_rise is None else missing_rate_rise
+    rise = missing_rate_rise
     target_columns = target.get_columns()
     reference_columns = reference.get_columns()
     expected = expected_columns if expected_columns is not None else sorted(reference_columns)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from pipelines.monitoring.policy import Decision
+    from pipelines.monitoring.policy import MonitorDecision
     from pipelines.monitoring.scores import DriftScores
 
 ACTION_CODES = {"continue": 0, "warn": 1, "retrain": 2}
@@ -63,7 +63,7 @@ def _schema() -> pa.Schema:
 
 
 def metric_rows(
-    scores: DriftScores, decision: Decision, run_id: str, computed_at: dt.datetime
+    scores: DriftScores, decision: MonitorDecision, run_id: str, computed_at: dt.datetime
 ) -> list[dict]:
     """The table rows of one run."""
     references = {r.kind: r.describe() for r in scores.references}
@@ -139,7 +139,7 @@ def metric_rows(
 def append_metrics(
     settings: Settings,
     scores: DriftScores,
-    decision: Decision,
+    decision: MonitorDecision,
     run_id: str,
     computed_at: dt.datetime | None = None,
 ) -> Path:

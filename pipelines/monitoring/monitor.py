@@ -17,7 +17,13 @@ from typing import Any
 from pipelines.config import Settings
 from pipelines.monitoring import profiles
 from pipelines.monitoring.drift import SCORE_COLUMN, column_kind, compare_profiles, quality_issues
-from pipelines.monitoring.policy import DEFAULT_THRESHOLDS, Decision, Thresholds, decide
+from pipelines.monitoring.policy import (
+    DEFAULT_THRESHOLDS,
+    MonitorDecision,
+    Thresholds,
+    decide,
+    judge_columns,
+)
 from pipelines.monitoring.scores import DriftScores
 
 log = logging.getLogger(__name__)
@@ -30,7 +36,7 @@ class NoDataForDay(RuntimeError):
 @dataclass
 class MonitorResult:
     scores: DriftScores
-    decision: Decision
+    decision: MonitorDecision
     metrics_path: Path | None = None
     reports: dict[str, Path] = field(default_factory=dict)
 
@@ -80,7 +86,7 @@ def compute_scores(
         notes.append(f"transactions: no data in the reference window {first}..{last}")
     else:
         references.append(tx_reference)
-        columns += compare_profiles("transactions", today, tx_ref, thresholds=thresholds)
+        columns += compare_profiles("transactions", today, tx_ref)
         quality += quality_issues(
             "transactions", today, tx_ref, missing_rate_rise=thresholds.missing_rate_rise
         )
@@ -97,9 +103,7 @@ def compute_scores(
         else:
             references.append(pred_reference)
             inputs = [c for c in pred_ref.get_columns() if c != SCORE_COLUMN]
-            columns += compare_profiles(
-                "predictions", served, pred_ref, columns=inputs, thresholds=thresholds
-            )
+            columns += compare_profiles("predictions", served, pred_ref, columns=inputs)
             quality += quality_issues(
                 "predictions",
                 served,
@@ -118,9 +122,7 @@ def compute_scores(
                 notes.append(f"score drift: v{current} has no baseline days yet")
             else:
                 references.append(baseline_ref)
-                columns += compare_profiles(
-                    "predictions", served, baseline, columns=[SCORE_COLUMN], thresholds=thresholds
-                )
+                columns += compare_profiles("predictions", served, baseline, columns=[SCORE_COLUMN])
                 profiles.write_view(baseline, saved / "score_baseline.bin")
 
     # Model performance once labels have arrived.
@@ -140,7 +142,7 @@ def compute_scores(
 
     return DriftScores(
         day=day,
-        columns=columns,
+        columns=judge_columns(columns, thresholds),  # measured above, judged by the policy
         quality=quality,
         performance=performance,
         references=references,
@@ -154,7 +156,7 @@ def compute_scores(
 def publish(
     settings: Settings,
     scores: DriftScores,
-    decision: Decision,
+    decision: MonitorDecision,
     run_id: str,
     *,
     write_reports: bool = True,

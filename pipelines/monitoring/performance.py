@@ -3,7 +3,7 @@
 Labels of day d arrive ``label_delay_days`` later, so on monitored day D the newest labelled day
 is D - delay. The window is the ``PERFORMANCE_WINDOW_DAYS`` days ending there; the scores are
 the champion's own (prediction log, ``model_version`` = the champion), the labels come from the
-mart. The metrics are the training protocol's (``pipelines.training.metrics``), compared with
+mart. The metrics are the training protocol's (``pipelines.metrics``), compared with
 the figures the champion was registered with (its ``metric.*`` version tags).
 
 Not identical to the training assessment: the test period there drops cards already known to be
@@ -37,7 +37,7 @@ def labelled_window(
 def _metric_functions() -> dict[str, object]:
     """The training protocol's metrics when that package is there, else scikit-learn's."""
     try:
-        from pipelines.training import metrics as m
+        from pipelines import metrics as m
 
         return {
             "roc_auc": m.roc_auc,

@@ -54,12 +54,11 @@ parameters.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
-if TYPE_CHECKING:
-    from pipelines.monitoring.drift import ColumnDrift, Severity
-    from pipelines.monitoring.scores import DriftScores
+from pipelines.monitoring.drift import ColumnDrift, Severity
+from pipelines.monitoring.scores import DriftScores, alert_key
 
 Action = Literal["continue", "warn", "retrain"]
 
@@ -89,7 +88,7 @@ DEFAULT_THRESHOLDS = Thresholds()
 
 
 @dataclass(frozen=True)
-class Decision:
+class MonitorDecision:
     action: Action
     reasons: tuple[str, ...] = ()
     drifted_columns: tuple[str, ...] = ()  # policy columns at warning or worse
@@ -104,7 +103,7 @@ class Decision:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> Decision:
+    def from_dict(cls, data: dict) -> MonitorDecision:
         return cls(
             action=data["action"],
             reasons=tuple(data.get("reasons", ())),
@@ -134,6 +133,24 @@ def column_severity(drift: ColumnDrift, thresholds: Thresholds = DEFAULT_THRESHO
     return "none"
 
 
+def psi_band(value: float | None) -> Severity:
+    """The seed's PSI bands: < 0.1 none, 0.1-0.2 warning, > 0.2 critical."""
+    if value is None or math.isnan(value):
+        return "none"
+    if value > PSI_CRITICAL:
+        return "critical"
+    if value >= PSI_WARNING:
+        return "warning"
+    return "none"
+
+
+def judge_columns(
+    columns: list[ColumnDrift], thresholds: Thresholds = DEFAULT_THRESHOLDS
+) -> list[ColumnDrift]:
+    """The measured columns with their severities (``column_severity``)."""
+    return [replace(c, severity=column_severity(c, thresholds)) for c in columns]
+
+
 def performance_severity(
     metric: str, degradation: float | None, thresholds: Thresholds = DEFAULT_THRESHOLDS
 ) -> Severity:
@@ -154,9 +171,8 @@ def _describe(c: ColumnDrift) -> str:
     return ", ".join(parts)
 
 
-def decide(scores: DriftScores, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Decision:
+def decide(scores: DriftScores, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> MonitorDecision:
     """continue | warn | retrain for one monitored day (rules in the module docstring)."""
-    from pipelines.monitoring.scores import alert_key
 
     policy = [c for c in scores.columns if c.policy]
     critical = [c for c in policy if c.severity == "critical"]
@@ -193,7 +209,7 @@ def decide(scores: DriftScores, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> 
     )
     drifted = tuple(dict.fromkeys(c.column for c in ordered))
     if retrain_reasons:
-        return Decision("retrain", tuple(retrain_reasons), drifted, tuple(rules))
+        return MonitorDecision("retrain", tuple(retrain_reasons), drifted, tuple(rules))
 
     warn_reasons = [f"drift warning: {_describe(c)}" for c in ordered]
     if ordered:
@@ -209,5 +225,5 @@ def decide(scores: DriftScores, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> 
             for p in other_degraded
         ]
     if warn_reasons:
-        return Decision("warn", tuple(warn_reasons), drifted, tuple(rules))
-    return Decision("continue", ("no drift beyond the thresholds",), (), ())
+        return MonitorDecision("warn", tuple(warn_reasons), drifted, tuple(rules))
+    return MonitorDecision("continue", ("no drift beyond the thresholds",), (), ())

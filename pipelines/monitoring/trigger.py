@@ -64,7 +64,7 @@ class DeduplicatedTriggerDagRunOperator(TriggerDagRunOperator):
             logical_dates=cooldown_logical_dates(now, self.cooldown_days),
         )
         from pipelines.config import get_settings
-        from pipelines.registry.gate import champion
+        from pipelines.registry.versions import champion
 
         settings = get_settings()
         verdict = trigger_verdict(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from pipelines.config import Settings, load_settings
-from pipelines.training import tracking
+from pipelines.registry import tracking
 
 
 def initialise(settings: Settings) -> Settings:

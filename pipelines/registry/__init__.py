@@ -1,1 +1,3 @@
-"""Model registry: versions, the promotion gate and rollback (MLflow aliases, never stages)."""
+"""MLflow: ``tracking`` (runs, parameters, metrics), ``versions`` (registration, lookups by
+alias, history) and ``promotion`` (the gate and rollback: the moves of the aliases, never
+stages)."""

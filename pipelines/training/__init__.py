@@ -1,7 +1,9 @@
-"""Training: point-in-time datasets from Feast, a tuned PyTorch model, MLflow tracking.
+"""Training: point-in-time datasets from Feast, a tuned PyTorch ensemble, MLflow tracking.
 
-Modules: ``protocol`` (time windows), ``dataset`` (Feast retrieval, labels as known),
-``metrics`` (handbook metrics), ``model`` (network and preprocessing), ``tune`` (Optuna),
-``train`` (the orchestration a DAG or the CLI runs), ``artifacts`` (plots, lineage).
-Heavy libraries are imported inside functions: DAG files import this package at parse time.
+Modules: ``dataset`` (Feast retrieval, labels as known), ``model`` (network and
+preprocessing), ``tune`` (Optuna), ``ensemble`` (the final model's members), ``distributed``
+(the ensemble under torchrun), ``train`` (the steps a DAG or the CLI runs), ``bootstrap`` (the
+first model), ``artifacts`` (plots, lineage). The protocol's windows are ``pipelines.protocol``,
+the metrics ``pipelines.metrics``, the MLflow runs and registry ``pipelines.registry``.
+DAG files import ``bootstrap`` at parse time: it imports nothing heavy at module level.
 """

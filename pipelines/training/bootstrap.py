@@ -53,7 +53,7 @@ def mart_first_day(settings: Settings) -> dt.date | None:
 
 def first_model_verdict(settings: Settings, active_training_runs: int) -> BootstrapVerdict:
     """Whether to start the first training now, and with which ``train_model`` conf."""
-    from pipelines.registry.gate import champion
+    from pipelines.registry.versions import champion
     from pipelines.training.train import latest_assessable_day
 
     if not settings.bootstrap_training:

@@ -112,7 +112,7 @@ def registry_show(
     as_json: bool = typer.Option(False, "--json", help="Print the raw description as JSON."),
 ) -> None:
     """Versions, aliases, gate outcomes and test metrics of the registered model."""
-    from pipelines.registry.gate import describe
+    from pipelines.registry.versions import describe
 
     info = describe(get_settings())
     if as_json:
@@ -142,7 +142,8 @@ def registry_rollback(
     reason: str = typer.Option("manual rollback", help="Recorded on both versions."),
 ) -> None:
     """Give the champion alias back to the version the current champion replaced."""
-    from pipelines.registry.gate import RegistryError, rollback
+    from pipelines.registry.promotion import rollback
+    from pipelines.registry.versions import RegistryError
 
     settings = get_settings()
     try:

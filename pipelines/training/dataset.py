@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.config import Settings
 from pipelines.featurestore.store import FEATURE_SERVICE
-from pipelines.training.protocol import SplitWindows
+from pipelines.protocol import SplitWindows
 
 if TYPE_CHECKING:
     import pandas as pd

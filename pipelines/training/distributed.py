@@ -87,7 +87,7 @@ def train_network_ddp(
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import TensorDataset
 
-    from pipelines.training.model import EpochRecord, TrainedNetwork, _loss, build_mlp
+    from pipelines.training.model import EpochRecord, TrainedNetwork, build_mlp, weighted_loss
 
     rank, world = dist.get_rank(), dist.get_world_size()
     x = torch.as_tensor(x_train, dtype=torch.float32)
@@ -112,7 +112,7 @@ def train_network_ddp(
         for i in range(0, len(order), local_batch):
             idx = order[i : i + local_batch]
             optimiser.zero_grad()
-            loss = _loss(ddp(x[idx]).squeeze(-1), y[idx], hp)
+            loss = weighted_loss(ddp(x[idx]).squeeze(-1), y[idx], hp)
             loss.backward()  # DDP all-reduces (averages) the gradients here
             optimiser.step()
             total += loss.item() * len(idx)
@@ -135,7 +135,7 @@ def run(workdir: Path, *, seeds_per_trial: int | None = None, threads: int = 1) 
     import torch
     import torch.distributed as dist
 
-    from pipelines.training import dataset, train
+    from pipelines.training import dataset, ensemble
     from pipelines.training.model import FraudScorer, configure_threads
 
     configure_threads(threads)
@@ -144,7 +144,7 @@ def run(workdir: Path, *, seeds_per_trial: int | None = None, threads: int = 1) 
         rank, world = dist.get_rank(), dist.get_world_size()
         data = dataset.load(workdir / "data")
         tuning = json.loads((workdir / "tuning.json").read_text())
-        seeds = seeds_per_trial if seeds_per_trial is not None else train.SEEDS_PER_TRIAL
+        seeds = seeds_per_trial if seeds_per_trial is not None else ensemble.SEEDS_PER_TRIAL
         rows: list[int] = []
 
         def fit(x: Any, labels: Any, hp: Any, seed: int, epochs: int) -> Any:
@@ -153,7 +153,7 @@ def run(workdir: Path, *, seeds_per_trial: int | None = None, threads: int = 1) 
             return trained
 
         started = time.monotonic()
-        members, histories = train.train_ensemble(data, tuning["members"], fit, seeds)
+        members, histories = ensemble.train_ensemble(data, tuning["members"], fit, seeds)
         seconds = time.monotonic() - started
         # Every rank's row count, to show that all of them took part.
         counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
@@ -161,7 +161,7 @@ def run(workdir: Path, *, seeds_per_trial: int | None = None, threads: int = 1) 
         if rank == 0:
             out = workdir / OUTPUT_DIR
             out.mkdir(parents=True, exist_ok=True)
-            scorer = FraudScorer(data.inputs, members, train.ensemble_threshold(tuning)).eval()
+            scorer = FraudScorer(data.inputs, members, ensemble.ensemble_threshold(tuning)).eval()
             torch.save(scorer, out / MODEL_FILE)
             report = {
                 "world_size": world,

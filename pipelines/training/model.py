@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.training.metrics import average_precision
+from pipelines.metrics import average_precision
 
 # Columns whose name marks a count, an amount, a ratio or a gap: non-negative and heavy
 # tailed, so log1p makes them near-symmetric before standardisation. Flags and risks (0..1)
@@ -62,6 +62,13 @@ class EpochRecord:
     train_loss: float
     validation_ap: float | None
     seconds: float
+
+    def as_metrics(self, prefix: str = "") -> dict[str, float]:
+        """The epoch's MLflow metrics (logged at step ``epoch``)."""
+        metrics = {f"{prefix}train_loss": self.train_loss, f"{prefix}epoch_seconds": self.seconds}
+        if self.validation_ap is not None:
+            metrics[f"{prefix}validation_average_precision"] = self.validation_ap
+        return metrics
 
 
 @dataclass
@@ -256,7 +263,9 @@ class FraudScorer(nn.Module):
             return self(torch.as_tensor(raw)).numpy().astype(np.float64)
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor, hp: HyperParams) -> torch.Tensor:
+def weighted_loss(logits: torch.Tensor, target: torch.Tensor, hp: HyperParams) -> torch.Tensor:
+    """The training loss: binary cross-entropy, frauds weighted by ``fraud_weight``, focal if
+    ``focal_gamma`` > 0 (the same in one process and under DDP)."""
     weight = torch.where(target > 0.5, hp.fraud_weight, 1.0)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if hp.focal_gamma <= 0:
@@ -311,7 +320,7 @@ def train_network(
         for i in range(0, len(x), hp.batch_size):
             idx = order[i : i + hp.batch_size]
             optimiser.zero_grad()
-            loss = _loss(network(x[idx]).squeeze(-1), y[idx], hp)
+            loss = weighted_loss(network(x[idx]).squeeze(-1), y[idx], hp)
             loss.backward()
             optimiser.step()
             total += loss.item() * len(idx)

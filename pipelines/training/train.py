@@ -11,9 +11,9 @@ the same split moved back by test + delay; the final model is trained on the tra
 for the epoch count its configuration needed on validation; the operating threshold is the
 validation max-F1 threshold of the chosen configurations.
 
-The final model is an ensemble: the ``ENSEMBLE_TRIALS`` best configurations of the search,
-each trained with ``SEEDS_PER_TRIAL`` seeds; probabilities are averaged. Seeds and trials
-average out the variance of a network trained on ~600 frauds.
+The final model is an ensemble (``ensemble``): the ``ENSEMBLE_TRIALS`` best configurations of
+the search, each trained with ``SEEDS_PER_TRIAL`` seeds; probabilities are averaged. Seeds and
+trials average out the variance of a network trained on ~600 frauds.
 
 Scale-out (default off): ``tune_model(workers=N)`` runs the search in N worker processes
 sharing the study storage (``tune``); ``train_final(processes=N)`` trains the ensemble under
@@ -26,7 +26,6 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,17 +33,15 @@ from typing import TYPE_CHECKING, Any
 from pipelines.config import Settings
 from pipelines.featurestore.store import FEATURE_SERVICE
 from pipelines.lake import write_text_atomic
-from pipelines.training import tracking
-from pipelines.training.protocol import SplitWindows
+from pipelines.protocol import SplitWindows
+from pipelines.registry import tracking
+from pipelines.training import ensemble
 
 if TYPE_CHECKING:
-    from pipelines.training.dataset import ProtocolData
-    from pipelines.training.model import EpochRecord, HyperParams, TrainedNetwork
+    pass
 
 log = logging.getLogger(__name__)
 
-ENSEMBLE_TRIALS = 3
-SEEDS_PER_TRIAL = 2
 MODEL_ARTIFACT = "model"
 TRAINING_DIR = "training"
 REQUIREMENTS = ("torch", "numpy", "pandas", "mlflow")
@@ -175,7 +172,7 @@ def tune_model(
         n_trials=n_trials,
         timeout_seconds=timeout_seconds,
         parent_run_id=run_id,
-        top_k=ENSEMBLE_TRIALS,
+        top_k=ensemble.ENSEMBLE_TRIALS,
         callbacks=callbacks,
         workers=workers,
         data_folder=workdir / "data",
@@ -246,50 +243,6 @@ def _redacted(url: str) -> str:
 # --- step 3: final model --------------------------------------------------------------------
 
 
-def ensemble_threshold(tuning: dict[str, Any]) -> float:
-    """The operating threshold: mean validation max-F1 threshold of the chosen trials."""
-    return float(sum(m["threshold"] for m in tuning["members"]) / len(tuning["members"]))
-
-
-FitFunction = Callable[[Any, Any, "HyperParams", int, int], "TrainedNetwork"]
-
-
-def train_ensemble(
-    data: ProtocolData,
-    chosen: list[dict[str, Any]],
-    fit: FitFunction,
-    seeds_per_trial: int = SEEDS_PER_TRIAL,
-) -> tuple[list[Any], dict[str, list[EpochRecord]]]:
-    """The ensemble's members (``ScoringMember``) trained on the training period by ``fit(x,
-    labels, hyper, seed, epochs)`` (in this process, or one rank of a DDP group), and each
-    member's epochs keyed by its MLflow metric prefix."""
-    import numpy as np
-
-    from pipelines.training.dataset import LABEL
-    from pipelines.training.model import HyperParams, Preprocessing, ScoringMember
-
-    train = data.frames["train"]
-    raw = train[data.inputs].to_numpy(np.float64)
-    labels = train[LABEL].to_numpy()
-    members, histories = [], {}
-    for i, member in enumerate(chosen):
-        params = dict(member["params"])
-        bins = int(params.pop("bins", 0))
-        pre = Preprocessing.fit(data.inputs, raw, labels, bins)
-        x = pre.transform(raw)
-        for seed in range(seeds_per_trial):
-            trained = fit(x, labels, HyperParams(**params), seed, int(member["epochs"]))
-            histories[f"final_m{i}s{seed}_"] = trained.history
-            members.append(ScoringMember(pre, trained.network))
-    return members, histories
-
-
-def _fit_here(x: Any, labels: Any, hyper: HyperParams, seed: int, epochs: int) -> TrainedNetwork:
-    from pipelines.training.model import train_network
-
-    return train_network(x, labels, hyper, seed=seed, max_epochs=epochs)
-
-
 def train_final(
     settings: Settings, run_id: str, workdir: Path, *, processes: int = 1
 ) -> dict[str, Any]:
@@ -306,7 +259,7 @@ def train_final(
     data = dataset.load(workdir / "data")
     tuning = _read_json(workdir / "tuning.json")
     train = data.frames["train"]
-    threshold = ensemble_threshold(tuning)
+    threshold = ensemble.ensemble_threshold(tuning)
     started = time.monotonic()
     extra: dict[str, Any] = {}
     if processes > 1:
@@ -318,12 +271,12 @@ def train_final(
         scorer, histories = outcome.scorer, outcome.histories
         extra = {"world_size": outcome.world_size, "rows_per_rank": outcome.rows_per_rank}
     else:
-        members, histories = train_ensemble(data, tuning["members"], _fit_here)
+        members, histories = ensemble.train_ensemble(data, tuning["members"], ensemble.fit_here)
         scorer = FraudScorer(data.inputs, members, threshold).eval()
     seconds = time.monotonic() - started
     for prefix, history in histories.items():
         for record in history:
-            tracking.log_epoch(settings, run_id, record, prefix=prefix)
+            tracking.log_metrics(settings, run_id, record.as_metrics(prefix), step=record.epoch)
 
     example = train[data.inputs].head(5).astype("float64")
     model_uri, model_id = _log_model(settings, run_id, scorer, example, data.service)
@@ -332,7 +285,7 @@ def train_final(
         run_id,
         {
             "ensemble_trials": ",".join(str(m["trial"]) for m in tuning["members"]),
-            "seeds_per_trial": SEEDS_PER_TRIAL,
+            "seeds_per_trial": ensemble.SEEDS_PER_TRIAL,
             "ensemble_members": len(scorer.members),
             "threshold": threshold,
             "final_world_size": extra.get("world_size", 1),
@@ -407,9 +360,9 @@ def evaluate(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
     and PR plots. Writes ``evaluation.json``."""
     import mlflow.pyfunc
 
+    from pipelines.metrics import assess
     from pipelines.training import dataset
     from pipelines.training.artifacts import plot_precision_recall, plot_roc
-    from pipelines.training.metrics import assess
 
     workdir = Path(workdir)
     data = dataset.load(workdir / "data")
@@ -452,7 +405,7 @@ def evaluate(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
 def register(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
     """Register the logged model as ``settings.model_name`` with its lineage tags. Idempotent:
     a retry finds the version of this run instead of registering a second one."""
-    from pipelines.registry import gate as registry
+    from pipelines.registry import versions
     from pipelines.training import dataset
 
     workdir = Path(workdir)
@@ -479,7 +432,7 @@ def register(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
         "run_id": run_id,
         "promotion_metric": settings.promotion_metric,
     }
-    version = registry.register_version(settings, final["model_uri"], run_id, tags)
+    version = versions.register_version(settings, final["model_uri"], run_id, tags)
     payload = {"version": version}
     _write_json(workdir / "registration.json", payload)
     return payload
@@ -487,7 +440,7 @@ def register(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
 
 def gate(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
     """Compare with the champion on this run's test window and move the aliases."""
-    from pipelines.registry import gate as registry
+    from pipelines.registry import promotion
     from pipelines.training import dataset
 
     workdir = Path(workdir)
@@ -498,7 +451,7 @@ def gate(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
     data = dataset.load(workdir / "data")
 
     def champion_on_window(champion_uri: str) -> float:
-        from pipelines.training.metrics import ranking_metrics
+        from pipelines.metrics import ranking_metrics
 
         frame = data.frames["test"]
         scores = score_with(champion_uri, frame)
@@ -506,7 +459,7 @@ def gate(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
             metric
         ]
 
-    decision = registry.gate_version(
+    decision = promotion.gate_version(
         settings,
         version,
         candidate_value,

@@ -196,8 +196,8 @@ def _objective(
     it as an MLflow child run of ``parent_run_id``."""
     import optuna
 
-    from pipelines.training import tracking
-    from pipelines.training.metrics import best_f1_threshold
+    from pipelines.metrics import best_f1_threshold
+    from pipelines.registry import tracking
 
     max_epochs = settings.max_epochs
     # Which process ran the trial: host and pid (a parallel search spreads trials).
@@ -213,7 +213,8 @@ def _objective(
 
         def on_epoch(record: EpochRecord) -> None:
             trial.report(record.validation_ap, record.epoch)
-            tracking.log_epoch(settings, child, record, prefix="")
+            if child is not None:
+                tracking.log_metrics(settings, child, record.as_metrics(), step=record.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {record.epoch}")
 

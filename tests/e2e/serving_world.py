@@ -57,7 +57,7 @@ def register_model(settings: Settings, frame: pd.DataFrame, inputs: list[str], s
             z = torch.nan_to_num((inputs - self.mean) / self.std)
             return torch.sigmoid(self.net(z) * self.scale)
 
-    from pipelines.training import tracking
+    from pipelines.registry import tracking
 
     # tracking.client sets both process-wide URIs (an earlier test may have pointed them
     # elsewhere; log_model follows the globals); the project's experiment keeps the artifacts

@@ -147,7 +147,7 @@ def _wait_for_next_success(api: httpx.Client, dag_id: str, after: str | None, ti
 
 
 def _champion_version(settings) -> str | None:
-    from pipelines.registry.gate import champion
+    from pipelines.registry.versions import champion
 
     current = champion(settings)
     return str(current.version) if current is not None else None

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import Settings
-from pipelines.features.build import build_features
 from pipelines.featurestore import store
+from pipelines.featurestore.build import build_features
 from pipelines.ingest.daily import ingest_day
 from pipelines.lake import partition_dir
 from pipelines.traffic import day_payments, replay

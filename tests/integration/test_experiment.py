@@ -18,8 +18,7 @@ from pipelines.experiment.analysis import AnalysisConfig, analyze
 from pipelines.experiment.cli import experiment_app
 from pipelines.ingest import schema
 from pipelines.lake import part_path, write_parquet_atomic
-from pipelines.registry import gate
-from pipelines.training import tracking
+from pipelines.registry import promotion, tracking, versions
 from serving.prediction_log import PredictionLog
 from tests.unit.test_experiment_analysis import simulate
 
@@ -29,7 +28,7 @@ LAST_DAY = dt.date(2024, 5, 10)
 
 def _versions(settings, n: int) -> list[str]:
     return [
-        gate.register_version(settings, f"file:///nowhere/model-{i}", None, {"i": i})
+        versions.register_version(settings, f"file:///nowhere/model-{i}", None, {"i": i})
         for i in range(n)
     ]
 
@@ -102,7 +101,7 @@ def test_ship_promotes_the_challenger_records_it_and_can_be_rolled_back(settings
     assert tags["experiment_decision"] == "ship" and tags["gate_decision"] == "champion"
     assert float(tags["experiment_ap_difference"]) > 0
     # One alias move: the gate's rollback undoes it.
-    assert gate.rollback(settings, "experiment regret") == (new, old)
+    assert promotion.rollback(settings, "experiment regret") == (new, old)
     # Without a challenger there is nothing to analyse.
     assert analyze(settings, LAST_DAY, 10, config=CONFIG) is None
 

@@ -80,7 +80,7 @@ def test_interrupted_search_resumes_the_same_study(world, first):
 
 
 def test_run_records_lineage_metrics_children_and_artifacts(world, first):
-    from pipelines.training import tracking
+    from pipelines.registry import tracking
 
     client = tracking.client(world)
     run = client.get_run(first["run_id"])
@@ -115,11 +115,10 @@ def test_run_records_lineage_metrics_children_and_artifacts(world, first):
 
 
 def test_registered_version_is_champion_with_its_tags(world, first):
-    from pipelines.registry import gate
-    from pipelines.training import tracking
+    from pipelines.registry import tracking, versions
 
     assert first["gate"]["promote"] is True
-    champion = gate.champion(world)
+    champion = versions.champion(world)
     assert str(champion.version) == first["version"]
     tags = tracking.client(world).get_model_version(world.model_name, first["version"]).tags
     for key in (
@@ -142,7 +141,9 @@ def test_registered_version_is_champion_with_its_tags(world, first):
 def test_registered_model_reproduces_the_logged_test_metrics(world, first):
     import mlflow.pyfunc
 
-    from pipelines.training import dataset, metrics, tracking
+    from pipelines import metrics
+    from pipelines.registry import tracking
+    from pipelines.training import dataset
     from pipelines.training.train import workdir_of
 
     tracking.use_tracking(world)
@@ -161,7 +162,7 @@ def test_registered_model_reproduces_the_logged_test_metrics(world, first):
 
 
 def test_same_window_again_is_deterministic_and_a_tie_keeps_the_champion(world, first):
-    from pipelines.registry import gate
+    from pipelines.registry import versions
     from pipelines.training.train import run_training
 
     again = run_training(world, TEST_END, reason="test again")
@@ -170,8 +171,9 @@ def test_same_window_again_is_deterministic_and_a_tie_keeps_the_champion(world, 
         assert again.metrics[name] == pytest.approx(first["metrics"][name], abs=1e-12)
     assert again.version != first["version"]
     assert again.gate["promote"] is False and "tie" in again.gate["reason"]
-    assert str(gate.champion(world).version) == first["version"]
-    assert str(gate.version_by_alias(world, contracts.CHALLENGER_ALIAS).version) == again.version
+    assert str(versions.champion(world).version) == first["version"]
+    challenger = versions.version_by_alias(world, contracts.CHALLENGER_ALIAS)
+    assert str(challenger.version) == again.version
 
 
 def test_cli_shows_the_registry_and_rolls_back(world, first):
@@ -207,9 +209,9 @@ def test_the_dag_runs_every_step_with_a_conf(world, first):
 
     from pipelines.config import PROJECT_ROOT
     from pipelines.platform.airflow import AirflowServices
-    from pipelines.registry import gate
+    from pipelines.registry import versions
 
-    before = gate.describe(world)["versions"]
+    before = versions.describe(world)["versions"]
     conf = {"test_end": TEST_END.isoformat(), "trials": 3, "reason": "triggered by a test"}
     dag_file = str(PROJECT_ROOT / "dags" / "train_model.py")
     done = subprocess.run(
@@ -229,7 +231,7 @@ def test_the_dag_runs_every_step_with_a_conf(world, first):
         assert tasks[task] == "success", (task, tasks)
     # Same window, same finished study: a tie, so the champion stays and no Asset is emitted.
     assert tasks["publish_champion"] == "skipped"
-    after = gate.describe(world)
+    after = versions.describe(world)
     assert len(after["versions"]) == len(before) + 1
     newest = after["versions"][-1]
     assert newest["tags"]["reason"] == "triggered by a test"

@@ -107,7 +107,7 @@ def test_training_registers_its_logged_model_through_the_server(server, make_set
     import mlflow
     import mlflow.pyfunc
 
-    from pipelines.registry.gate import register_version
+    from pipelines.registry.versions import register_version
 
     mlflow_server, database = server
     settings = make_settings(

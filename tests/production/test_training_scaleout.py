@@ -122,7 +122,7 @@ def test_the_study_lives_in_postgres_and_resumes(world, search):
 
 
 def test_every_trial_is_a_child_run_logged_by_its_worker(world, search):
-    from pipelines.training import tracking
+    from pipelines.registry import tracking
 
     settings, run_id = world["settings"], world["run_id"]
     client = tracking.client(settings)
@@ -142,7 +142,8 @@ def test_every_trial_is_a_child_run_logged_by_its_worker(world, search):
 
 
 def test_ddp_on_two_ranks_matches_the_single_process_model(world, search):
-    from pipelines.training import dataset, tracking, train
+    from pipelines.registry import tracking
+    from pipelines.training import dataset, ensemble, train
 
     settings, run_id, workdir = world["settings"], world["run_id"], world["workdir"]
     single_final = train.train_final(settings, run_id, workdir)
@@ -162,7 +163,7 @@ def test_ddp_on_two_ranks_matches_the_single_process_model(world, search):
     assert ddp_final["members"] == single_final["members"] == 6
     data = dataset.load(ddp_dir / "data")
     rows = len(data.frames["train"])
-    epochs = sum(m["epochs"] for m in search["resumed"]["members"]) * train.SEEDS_PER_TRIAL
+    epochs = sum(m["epochs"] for m in search["resumed"]["members"]) * ensemble.SEEDS_PER_TRIAL
     per_rank = -(-rows // 2) * epochs  # DistributedSampler pads to a multiple of the ranks
     assert ddp_final["rows_per_rank"] == [per_rank, per_rank]
     client = tracking.client(settings)
@@ -192,7 +193,7 @@ def test_ddp_without_dropout_reproduces_single_process_training(world, search, t
 
     import numpy as np
 
-    from pipelines.training import dataset, distributed, train
+    from pipelines.training import dataset, distributed, ensemble
     from pipelines.training.model import FraudScorer
 
     workdir = tmp_path / "no-dropout"
@@ -202,8 +203,8 @@ def test_ddp_without_dropout_reproduces_single_process_training(world, search, t
         member["params"]["dropout"] = 0.0
     (workdir / "tuning.json").write_text(json.dumps(tuning))
     data = dataset.load(workdir / "data")
-    members, histories = train.train_ensemble(
-        data, tuning["members"], train._fit_here, seeds_per_trial=1
+    members, histories = ensemble.train_ensemble(
+        data, tuning["members"], ensemble.fit_here, seeds_per_trial=1
     )
     single = FraudScorer(data.inputs, members, 0.5).eval()
 

@@ -15,7 +15,7 @@ from pipelines.experiment.analysis import (
     detect_mode,
 )
 from pipelines.experiment.assignment import TREATMENT, assign
-from pipelines.training.metrics import average_precision
+from pipelines.metrics import average_precision
 
 CONFIG = AnalysisConfig(n_bootstrap=500)
 

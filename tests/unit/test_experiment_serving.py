@@ -18,7 +18,7 @@ import pytest
 from pipelines import contracts
 from pipelines.experiment.assignment import TREATMENT, assign
 from serving.features import FeatureBatch
-from serving.model import LoadedModel, decide
+from serving.model import LoadedModel, action_for
 from serving.schemas import Transaction
 
 INPUTS = ["tx_amount", "customer_risk"]
@@ -138,7 +138,7 @@ def test_shadow_never_changes_a_response_or_decision(service):
     logged = shadow.prediction_log.rows
     settings = shadow.settings
     challenger_decisions = [
-        decide(r["shadow_probability"], settings.review_threshold, settings.block_threshold)
+        action_for(r["shadow_probability"], settings.review_threshold, settings.block_threshold)
         for r in logged
     ]
     differing = sum(a != b.decision for a, b in zip(challenger_decisions, baseline, strict=True))

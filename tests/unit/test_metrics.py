@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipelines.training import metrics
+from pipelines import metrics
 
 
 def _cp(rows: list[tuple[int, int, int, float]], k: int) -> list[float]:

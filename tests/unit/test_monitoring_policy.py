@@ -17,10 +17,15 @@ from pipelines.monitoring.drift import (
     compare_profiles,
     numeric_bin_shares,
     psi,
-    psi_band,
     quality_issues,
 )
-from pipelines.monitoring.policy import Decision, column_severity, decide, performance_severity
+from pipelines.monitoring.policy import (
+    MonitorDecision,
+    decide,
+    judge_columns,
+    performance_severity,
+    psi_band,
+)
 from pipelines.monitoring.profiles import profile_frame
 from pipelines.monitoring.scores import DriftScores, PerformanceCheck, alert_key
 
@@ -51,9 +56,7 @@ def column(
         reference_rows=4000,
         policy=policy,
     )
-    from dataclasses import replace
-
-    return replace(drift, severity=column_severity(drift))
+    return judge_columns([drift])[0]
 
 
 # --- PSI ----------------------------------------------------------------------------------
@@ -128,8 +131,9 @@ def test_compare_profiles_flags_a_shift_and_not_noise():
     moved = profile_frame(
         pd.DataFrame({"amount": rng.normal(65, 15, 600), "night": rng.random(600) < 0.40})
     )
-    calm = {c.column: c for c in compare_profiles("transactions", same, reference)}
-    hot = {c.column: c for c in compare_profiles("transactions", moved, reference)}
+    assert {c.severity for c in compare_profiles("transactions", moved, reference)} == {None}
+    calm = {c.column: c for c in judge_columns(compare_profiles("transactions", same, reference))}
+    hot = {c.column: c for c in judge_columns(compare_profiles("transactions", moved, reference))}
     assert {c.severity for c in calm.values()} == {"none"}
     assert hot["amount"].severity == "critical" and hot["amount"].test == "ks"
     assert hot["night"].column_kind == "categorical" and hot["night"].test == "chi-square"
@@ -140,7 +144,10 @@ def test_compare_profiles_flags_a_shift_and_not_noise():
 def test_quality_issues_see_schema_changes_and_missing_values():
     reference = profile_frame(pd.DataFrame({"a": [1.0, 2.0, 3.0] * 50, "b": [1, 2, 3] * 50}))
     target = profile_frame(pd.DataFrame({"a": [1.0, None, None] * 50, "c": ["x", "y", "z"] * 50}))
-    issues = {(q.column, q.issue) for q in quality_issues("transactions", target, reference)}
+    issues = {
+        (q.column, q.issue)
+        for q in quality_issues("transactions", target, reference, missing_rate_rise=0.02)
+    }
     assert issues == {("b", "missing_column"), ("c", "new_column"), ("a", "missing_values")}
 
 
@@ -247,7 +254,7 @@ def test_scores_and_decisions_survive_json():
     again = DriftScores.from_dict(json.loads(json.dumps(scores.to_dict())))
     assert again == scores
     decision = decide(scores)
-    assert Decision.from_dict(json.loads(json.dumps(decision.to_dict()))) == decision
+    assert MonitorDecision.from_dict(json.loads(json.dumps(decision.to_dict()))) == decision
 
 
 # --- retrain dedup ------------------------------------------------------------------------

@@ -7,13 +7,13 @@ import datetime as dt
 import pandas as pd
 import pytest
 
+from pipelines.protocol import SplitWindows, prequential_splits
 from pipelines.training.dataset import (
     LabelsNotAvailable,
     assessment_period,
     known_compromised_cards,
     training_period,
 )
-from pipelines.training.protocol import SplitWindows, prequential_splits
 
 D = dt.date
 HANDBOOK = SplitWindows.ending(D(2018, 8, 14), train_days=7, delay_days=7, test_days=7)

@@ -19,8 +19,6 @@ from pipelines.config import PROJECT_ROOT, Settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from pipelines.training.model import EpochRecord
-
 LOCK_FILE = PROJECT_ROOT / "requirements.lock"
 
 
@@ -125,15 +123,6 @@ def start_child_run(
     )
     log_params(settings, run_id, params)
     return run_id
-
-
-def log_epoch(settings: Settings, run_id: str | None, record: EpochRecord, prefix: str) -> None:
-    if run_id is None:
-        return
-    metrics = {f"{prefix}train_loss": record.train_loss, f"{prefix}epoch_seconds": record.seconds}
-    if record.validation_ap is not None:
-        metrics[f"{prefix}validation_average_precision"] = record.validation_ap
-    log_metrics(settings, run_id, metrics, step=record.epoch)
 
 
 def end_child_run(

@@ -1,4 +1,4 @@
-"""Promotion gate and rollback on MLflow registry aliases.
+"""The promotion gate and rollback: the moves of the ``champion`` alias.
 
 Aliases of ``settings.model_name``:
 
@@ -27,34 +27,21 @@ registered model's ``champion_history`` tag.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipelines.config import Settings
 from pipelines.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, PREVIOUS_CHAMPION_ALIAS
-from pipelines.training import tracking
-
-if TYPE_CHECKING:
-    from mlflow.entities.model_registry import ModelVersion
-
-    from pipelines.training.protocol import SplitWindows
+from pipelines.protocol import SplitWindows
+from pipelines.registry import tracking, versions
 
 log = logging.getLogger(__name__)
 
-HISTORY_TAG = "champion_history"
-HISTORY_LENGTH = 20  # entries kept in the tag (MLflow tag values are size-limited)
-
-
-class RegistryError(RuntimeError):
-    """A registry operation that cannot be carried out (e.g. nothing to roll back to)."""
-
 
 @dataclass(frozen=True)
-class GateDecision:
+class PromotionDecision:
     promote: bool
     reason: str
     metric: str
@@ -71,13 +58,13 @@ class GateDecision:
         return {**asdict(self), "alias": self.alias}
 
 
-def decide(
+def promotion_verdict(
     metric: str,
     candidate_value: float,
     champion_value: float | None,
     floor: float,
     champion_version: str | None = None,
-) -> GateDecision:
+) -> PromotionDecision:
     """The gate rule alone (no registry): see the module docstring."""
     common = {
         "metric": metric,
@@ -86,106 +73,27 @@ def decide(
         "champion_version": champion_version,
     }
     if not candidate_value >= floor:  # also refuses NaN
-        return GateDecision(
+        return PromotionDecision(
             False, f"{metric} {candidate_value:.4f} is below the floor {floor:.4f}", **common
         )
     if champion_value is None:
-        return GateDecision(
+        return PromotionDecision(
             True, f"no champion yet; {metric} {candidate_value:.4f} clears the floor", **common
         )
     if candidate_value > champion_value:
-        return GateDecision(
+        return PromotionDecision(
             True,
             f"{metric} {candidate_value:.4f} beats champion v{champion_version} "
             f"({champion_value:.4f}) on the same window",
             **common,
         )
     relation = "ties" if candidate_value == champion_value else "does not beat"
-    return GateDecision(
+    return PromotionDecision(
         False,
         f"{metric} {candidate_value:.4f} {relation} champion v{champion_version} "
         f"({champion_value:.4f}) on the same window; a tie keeps the champion",
         **common,
     )
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def version_by_alias(settings: Settings, alias: str) -> ModelVersion | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return tracking.client(settings).get_model_version_by_alias(settings.model_name, alias)
-    except MlflowException:
-        return None
-
-
-def champion(settings: Settings) -> ModelVersion | None:
-    return version_by_alias(settings, CHAMPION_ALIAS)
-
-
-def _ensure_registered_model(settings: Settings) -> None:
-    from mlflow.exceptions import MlflowException
-
-    c = tracking.client(settings)
-    try:
-        c.get_registered_model(settings.model_name)
-    except MlflowException:
-        try:
-            c.create_registered_model(
-                settings.model_name,
-                description="Card-fraud scorer: fraud probability from the feature service "
-                "inputs. Serve models:/<name>@champion.",
-            )
-        except MlflowException:  # created meanwhile by another process
-            c.get_registered_model(settings.model_name)
-
-
-def logged_model_id(model_uri: str) -> str | None:
-    """``m-<id>`` of a ``models:/m-<id>`` URI (a logged model of MLflow 3), else None."""
-    match = re.fullmatch(r"models:/(m-[0-9a-f]+)", model_uri)
-    return match.group(1) if match else None
-
-
-def register_version(
-    settings: Settings, model_uri: str, run_id: str | None, tags: dict[str, Any]
-) -> str:
-    """Register ``model_uri`` under ``settings.model_name`` with ``tags``; returns the version.
-
-    Idempotent per run: if a version of ``run_id`` exists already (a retried task), it is
-    returned instead of registering a duplicate.
-    """
-    # tracking.client also points the process-wide URIs at the store: MLflow resolves a
-    # ``models:/m-<id>`` source through them, not through the client.
-    c = tracking.client(settings)
-    _ensure_registered_model(settings)
-    if run_id is not None:
-        existing = c.search_model_versions(
-            f"name = '{settings.model_name}' and run_id = '{run_id}'"
-        )
-        if existing:
-            return str(max(int(v.version) for v in existing))
-    version = c.create_model_version(
-        settings.model_name,
-        source=model_uri,
-        run_id=run_id,
-        tags={k: str(v) for k, v in tags.items()},
-        # A tracking server (unlike a local store) refuses a models:/m-<id> source unless
-        # the logged model it names is given as well.
-        model_id=logged_model_id(model_uri),
-    )
-    log.info("registered %s version %s from %s", settings.model_name, version.version, model_uri)
-    return str(version.version)
-
-
-def _append_history(settings: Settings, event: dict[str, Any]) -> None:
-    c = tracking.client(settings)
-    model = c.get_registered_model(settings.model_name)
-    history = json.loads(model.tags.get(HISTORY_TAG, "[]"))
-    history = [*history, event][-HISTORY_LENGTH:]
-    c.set_registered_model_tag(settings.model_name, HISTORY_TAG, json.dumps(history))
 
 
 def _same_window(tags: dict[str, str], windows: SplitWindows) -> bool:
@@ -207,7 +115,7 @@ def gate_version(
     candidate_value: float,
     windows: SplitWindows,
     champion_on_window: Callable[[str], float],
-) -> GateDecision:
+) -> PromotionDecision:
     """Decide on ``version`` against the current champion and move the aliases.
 
     ``champion_on_window(model_uri)`` scores the champion on ``windows``' test period (called
@@ -215,21 +123,23 @@ def gate_version(
     """
     metric = settings.promotion_metric
     floor = settings.promotion_floor
-    current = champion(settings)
+    current = versions.champion(settings)
     current_version = None if current is None else str(current.version)
     if current is not None and current_version == version:
-        return GateDecision(True, "already the champion", metric, candidate_value, version=version)
+        return PromotionDecision(
+            True, "already the champion", metric, candidate_value, version=version
+        )
     if current is None:
-        decision = decide(metric, candidate_value, None, floor)
+        decision = promotion_verdict(metric, candidate_value, None, floor)
     elif _same_window(current.tags, windows) and f"test_{metric}" in current.tags:
         value = float(current.tags[f"test_{metric}"])
-        decision = decide(metric, candidate_value, value, floor, current_version)
+        decision = promotion_verdict(metric, candidate_value, value, floor, current_version)
     elif _trained_before(current.tags, windows):
         uri = f"models:/{settings.model_name}/{current_version}"
         value = float(champion_on_window(uri))
-        decision = decide(metric, candidate_value, value, floor, current_version)
+        decision = promotion_verdict(metric, candidate_value, value, floor, current_version)
     else:
-        decision = GateDecision(
+        decision = PromotionDecision(
             False,
             f"champion v{current_version} was trained on data of this test window "
             f"({windows.test_start}..{windows.test_end}): no fair comparison, not promoted",
@@ -237,12 +147,12 @@ def gate_version(
             candidate_value,
             champion_version=current_version,
         )
-    decision = GateDecision(**{**asdict(decision), "version": version})
+    decision = PromotionDecision(**{**asdict(decision), "version": version})
     apply_decision(settings, version, decision)
     return decision
 
 
-def apply_decision(settings: Settings, version: str, decision: GateDecision) -> None:
+def apply_decision(settings: Settings, version: str, decision: PromotionDecision) -> None:
     """Record the decision on the version, then move one alias."""
     c = tracking.client(settings)
     name = settings.model_name
@@ -255,7 +165,7 @@ def apply_decision(settings: Settings, version: str, decision: GateDecision) -> 
         if decision.champion_value is None
         else repr(float(decision.champion_value)),
         "gate_champion_version": decision.champion_version or "",
-        "gate_at": _now(),
+        "gate_at": versions.now(),
     }
     for key, value in tags.items():
         c.set_model_version_tag(name, version, key, value)
@@ -264,16 +174,16 @@ def apply_decision(settings: Settings, version: str, decision: GateDecision) -> 
         c.set_registered_model_alias(name, CHALLENGER_ALIAS, version)
         log.info("%s v%s -> %s: %s", name, version, CHALLENGER_ALIAS, decision.reason)
         return
-    found = champion(settings)
+    found = versions.champion(settings)
     previous = None if found is None else str(found.version)
     if previous is not None and previous != version:
         c.set_model_version_tag(name, version, PREVIOUS_CHAMPION_ALIAS, previous)
         c.set_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS, previous)
     c.set_registered_model_alias(name, CHAMPION_ALIAS, version)  # the move serving sees
-    challenger = version_by_alias(settings, CHALLENGER_ALIAS)
+    challenger = versions.version_by_alias(settings, CHALLENGER_ALIAS)
     if challenger is not None and str(challenger.version) == version:
         c.delete_registered_model_alias(name, CHALLENGER_ALIAS)
-    _append_history(
+    versions.append_history(
         settings,
         {
             "event": "promote",
@@ -289,15 +199,17 @@ def rollback(settings: Settings, reason: str = "manual rollback") -> tuple[str, 
     """Give ``champion`` back to the version it replaced; returns (from, to) versions."""
     c = tracking.client(settings)
     name = settings.model_name
-    current = champion(settings)
+    current = versions.champion(settings)
     if current is None:
-        raise RegistryError(f"{name} has no champion: nothing to roll back")
+        raise versions.RegistryError(f"{name} has no champion: nothing to roll back")
     rolled_back = str(current.version)
     target = current.tags.get(PREVIOUS_CHAMPION_ALIAS)
     if not target:
-        raise RegistryError(f"{name} v{rolled_back} replaced no champion: nothing to restore")
+        raise versions.RegistryError(
+            f"{name} v{rolled_back} replaced no champion: nothing to restore"
+        )
     c.set_registered_model_alias(name, CHAMPION_ALIAS, target)  # the one move serving sees
-    at = _now()
+    at = versions.now()
     c.set_model_version_tag(name, rolled_back, "rolled_back_at", at)
     c.set_model_version_tag(name, rolled_back, "rolled_back_reason", reason)
     c.set_model_version_tag(name, target, "restored_at", at)
@@ -307,7 +219,7 @@ def rollback(settings: Settings, reason: str = "manual rollback") -> tuple[str, 
         c.set_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS, before)
     else:
         c.delete_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS)
-    _append_history(
+    versions.append_history(
         settings,
         {
             "event": "rollback",
@@ -319,31 +231,3 @@ def rollback(settings: Settings, reason: str = "manual rollback") -> tuple[str, 
     )
     log.info("%s champion rolled back v%s -> v%s (%s)", name, rolled_back, target, reason)
     return rolled_back, target
-
-
-def describe(settings: Settings) -> dict[str, Any]:
-    """Aliases, versions with their gate outcome and test metrics, and the history."""
-    from mlflow.exceptions import MlflowException
-
-    c = tracking.client(settings)
-    try:
-        model = c.get_registered_model(settings.model_name)
-    except MlflowException:
-        return {"name": settings.model_name, "aliases": {}, "versions": [], "history": []}
-    versions = sorted(
-        c.search_model_versions(f"name = '{settings.model_name}'"), key=lambda v: int(v.version)
-    )
-    return {
-        "name": model.name,
-        "aliases": dict(model.aliases),
-        "versions": [
-            {
-                "version": str(v.version),
-                "run_id": v.run_id,
-                "created": v.creation_timestamp,
-                "tags": dict(v.tags),
-            }
-            for v in versions
-        ],
-        "history": json.loads(model.tags.get(HISTORY_TAG, "[]")),
-    }

@@ -12,8 +12,8 @@ import itertools
 import pytest
 
 from pipelines import contracts
-from pipelines.registry import gate
-from pipelines.training.protocol import SplitWindows
+from pipelines.protocol import SplitWindows
+from pipelines.registry import promotion, versions
 
 WINDOW = SplitWindows.ending(dt.date(2018, 8, 14), train_days=7, delay_days=7, test_days=7)
 LATER = WINDOW.shifted(7)
@@ -38,7 +38,7 @@ def registry(make_settings, tracking_uri, tmp_path):
 
 def _version(settings, ap: float, window: SplitWindows = WINDOW) -> str:
     tags = {**window.as_tags(), "test_average_precision": f"{ap:.6f}"}
-    return gate.register_version(settings, "/nonexistent/model", None, tags)
+    return versions.register_version(settings, "/nonexistent/model", None, tags)
 
 
 def _never(uri: str) -> float:
@@ -47,11 +47,11 @@ def _never(uri: str) -> float:
 
 def _promote(settings, ap: float, window: SplitWindows = WINDOW, rescore=_never):
     version = _version(settings, ap, window)
-    return version, gate.gate_version(settings, version, ap, window, rescore)
+    return version, promotion.gate_version(settings, version, ap, window, rescore)
 
 
 def _alias(settings, alias: str) -> str | None:
-    found = gate.version_by_alias(settings, alias)
+    found = versions.version_by_alias(settings, alias)
     return None if found is None else str(found.version)
 
 
@@ -68,7 +68,7 @@ def test_a_worse_model_is_never_promoted_and_says_why(registry):
     assert not decision.promote
     assert _alias(registry, contracts.CHAMPION_ALIAS) == v1
     assert _alias(registry, contracts.CHALLENGER_ALIAS) == v2
-    version = gate.tracking.client(registry).get_model_version(registry.model_name, v2)
+    version = versions.tracking.client(registry).get_model_version(registry.model_name, v2)
     assert version.tags["gate_decision"] == contracts.CHALLENGER_ALIAS
     assert "does not beat" in version.tags["gate_reason"]
     assert version.description.startswith("challenger:")
@@ -113,25 +113,25 @@ def test_a_better_model_takes_the_alias_and_rollback_restores_the_previous(regis
     assert _alias(registry, contracts.CHAMPION_ALIAS) == v3
     assert _alias(registry, contracts.PREVIOUS_CHAMPION_ALIAS) == v2
 
-    assert gate.rollback(registry, "bad deploy") == (v3, v2)
+    assert promotion.rollback(registry, "bad deploy") == (v3, v2)
     assert _alias(registry, contracts.CHAMPION_ALIAS) == v2
     assert _alias(registry, contracts.PREVIOUS_CHAMPION_ALIAS) == v1
-    client = gate.tracking.client(registry)
+    client = versions.tracking.client(registry)
     assert client.get_model_version(registry.model_name, v3).tags["rolled_back_reason"] == (
         "bad deploy"
     )
-    assert gate.rollback(registry) == (v2, v1)
+    assert promotion.rollback(registry) == (v2, v1)
     assert _alias(registry, contracts.CHAMPION_ALIAS) == v1
     assert _alias(registry, contracts.PREVIOUS_CHAMPION_ALIAS) is None
-    with pytest.raises(gate.RegistryError):
-        gate.rollback(registry)
-    events = [e["event"] for e in gate.describe(registry)["history"]]
+    with pytest.raises(versions.RegistryError):
+        promotion.rollback(registry)
+    events = [e["event"] for e in versions.describe(registry)["history"]]
     assert events == ["promote", "promote", "promote", "rollback", "rollback"]
 
 
 def test_rollback_without_champion_fails_clearly(registry):
-    with pytest.raises(gate.RegistryError, match="no champion"):
-        gate.rollback(registry)
+    with pytest.raises(versions.RegistryError, match="no champion"):
+        promotion.rollback(registry)
 
 
 def test_champion_of_another_window_is_rescored_on_the_new_window(registry):
@@ -156,13 +156,13 @@ def test_champion_trained_on_the_test_window_is_not_comparable(registry):
 
 
 def test_registering_the_same_run_twice_returns_the_same_version(registry):
-    first = gate.register_version(registry, "/nonexistent/model", None, {})
-    assert gate.register_version(registry, "/nonexistent/model", None, {}) != first  # no run id
-    client = gate.tracking.client(registry)
+    first = versions.register_version(registry, "/nonexistent/model", None, {})
+    assert versions.register_version(registry, "/nonexistent/model", None, {}) != first  # no run id
+    client = versions.tracking.client(registry)
     experiment = client.create_experiment(f"exp-{registry.model_name}")
     run_id = client.create_run(experiment).info.run_id
-    a = gate.register_version(registry, "/nonexistent/model", run_id, {})
-    assert gate.register_version(registry, "/nonexistent/model", run_id, {}) == a
+    a = versions.register_version(registry, "/nonexistent/model", run_id, {})
+    assert versions.register_version(registry, "/nonexistent/model", run_id, {}) == a
 
 
 @pytest.mark.parametrize(
@@ -178,5 +178,5 @@ def test_registering_the_same_run_twice_returns_the_same_version(registry):
     ],
 )
 def test_decision_rule(candidate, champion, floor, promote):
-    decision = gate.decide("average_precision", candidate, champion, floor, "1")
+    decision = promotion.promotion_verdict("average_precision", candidate, champion, floor, "1")
     assert decision.promote is promote
