@@ -13,14 +13,12 @@ from __future__ import annotations
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from pipelines.config import get_settings
-from pipelines.orchestration import DEFAULT_ARGS, MODEL, run_day, utc_midnight
-
-settings = get_settings()
+from pipelines.orchestration import DEFAULT_ARGS, MODEL, history_start, run_day
 
 
 @dag(
     schedule=CronDataIntervalTimetable("0 7 * * *", timezone="UTC"),
-    start_date=utc_midnight(settings.history_start_date),
+    start_date=history_start(),
     catchup=False,
     # One decision at a time: a ship moves the aliases the next analysis reads.
     max_active_runs=1,
@@ -43,7 +41,6 @@ def analyze_experiment():
     def analyze(data_interval_end=None, params=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipelines.config import get_settings
         from pipelines.experiment.analysis import analyze
 
         params = params or {}

@@ -16,19 +16,18 @@ a quick budget, under one fixed run id so it happens once. Its log says why it d
 
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
 
+from pipelines.config import get_settings
 from pipelines.monitoring.retrain import TRAIN_DAG_ID
-from pipelines.orchestration import DEFAULT_ARGS, FEATURES, RAW_TRANSACTIONS
+from pipelines.orchestration import DEFAULT_ARGS, FEATURES, RAW_TRANSACTIONS, history_start
 from pipelines.training.bootstrap import BOOTSTRAP_RUN_ID
 
 
 @dag(
     schedule=[RAW_TRANSACTIONS],
-    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+    start_date=history_start(),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -42,7 +41,6 @@ def build_features():
     def dbt_build() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipelines.config import get_settings
         from pipelines.transform.dbt import DbtBuildError, run_dbt_build
 
         try:
@@ -59,7 +57,6 @@ def build_features():
 
     @task
     def spark_features() -> dict:
-        from pipelines.config import get_settings
         from pipelines.features.runner import run_feature_job
 
         result = run_feature_job(get_settings())
@@ -71,14 +68,12 @@ def build_features():
 
     @task
     def feast_apply() -> None:
-        from pipelines.config import get_settings
         from pipelines.featurestore.store import apply
 
         apply(get_settings())
 
     @task(outlets=[FEATURES])
     def materialize_online() -> str | None:
-        from pipelines.config import get_settings
         from pipelines.featurestore.store import materialize_latest
 
         latest = materialize_latest(get_settings())
@@ -86,7 +81,6 @@ def build_features():
 
     @task.short_circuit
     def first_model_needed(ti=None) -> bool:
-        from pipelines.config import get_settings
         from pipelines.monitoring.retrain import ACTIVE_STATES, TRAIN_DAG_ID
         from pipelines.training.bootstrap import first_model_verdict
 
@@ -111,7 +105,6 @@ def build_features():
         # Its own task, not part of dbt_build: a docs failure shows (and retries) on its own
         # without re-running the build, and it runs beside Spark, off the features' path
         # (~4 s CPU in a fresh task process).
-        from pipelines.config import get_settings
         from pipelines.transform.dbt import generate_docs
 
         result = generate_docs(get_settings())

@@ -4,16 +4,15 @@ a real server, then roll the running service's workers onto that Bento (``servin
 
 from __future__ import annotations
 
-import datetime as dt
-
 from airflow.sdk import dag, task
 
-from pipelines.orchestration import DEFAULT_ARGS, MODEL
+from pipelines.config import get_settings
+from pipelines.orchestration import DEFAULT_ARGS, MODEL, history_start
 
 
 @dag(
     schedule=[MODEL],
-    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+    start_date=history_start(),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -25,7 +24,6 @@ def deploy_model():
     def champion_version() -> str:
         from mlflow import MlflowClient
 
-        from pipelines.config import get_settings
         from pipelines.contracts import CHAMPION_ALIAS
 
         s = get_settings()
@@ -34,14 +32,12 @@ def deploy_model():
 
     @task
     def build_bento(version: str) -> str:
-        from pipelines.config import get_settings
         from serving.deploy import build_bento
 
         return build_bento(get_settings(), version)
 
     @task
     def smoke_test(tag: str) -> dict:
-        from pipelines.config import get_settings
         from pipelines.demo import sample_transactions
         from serving.deploy import smoke_test_bento
 
@@ -50,7 +46,6 @@ def deploy_model():
 
     @task
     def roll_service(tag: str) -> list[dict] | None:
-        from pipelines.config import get_settings
         from serving.deploy import deploy
 
         return deploy(get_settings(), tag)

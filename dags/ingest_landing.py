@@ -10,12 +10,13 @@ import datetime as dt
 
 from airflow.sdk import dag, task
 
-from pipelines.orchestration import DEFAULT_ARGS, RAW_TRANSACTIONS
+from pipelines.config import get_settings
+from pipelines.orchestration import DEFAULT_ARGS, RAW_TRANSACTIONS, history_start
 
 
 @dag(
     schedule=dt.timedelta(minutes=15),
-    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+    start_date=history_start(),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -27,7 +28,6 @@ def ingest_landing():
     def ingest_landing_files() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from pipelines.config import get_settings
         from pipelines.ingest.landing import ingest_landing
 
         report = ingest_landing(get_settings())

@@ -16,16 +16,14 @@ from pipelines.orchestration import (
     DEFAULT_ARGS,
     RAW_LABELS,
     RAW_TRANSACTIONS,
+    history_start,
     run_day,
-    utc_midnight,
 )
-
-settings = get_settings()
 
 
 @dag(
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    start_date=utc_midnight(settings.history_start_date),
+    start_date=history_start(),
     catchup=True,
     max_active_runs=2,
     default_args=DEFAULT_ARGS,
@@ -43,7 +41,6 @@ settings = get_settings()
 def ingest_transactions():
     @task(outlets=[RAW_TRANSACTIONS, RAW_LABELS])
     def ingest_day(data_interval_start=None, params=None) -> dict:
-        from pipelines.config import get_settings
         from pipelines.ingest.daily import ingest_day
 
         day = run_day(params, data_interval_start)

@@ -8,14 +8,12 @@ from __future__ import annotations
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from pipelines.config import get_settings
-from pipelines.orchestration import DEFAULT_ARGS, FEATURES, run_day, utc_midnight
-
-settings = get_settings()
+from pipelines.orchestration import DEFAULT_ARGS, FEATURES, history_start, run_day
 
 
 @dag(
     schedule=CronDataIntervalTimetable("0 6 * * *", timezone="UTC"),
-    start_date=utc_midnight(settings.history_start_date),
+    start_date=history_start(),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -36,7 +34,6 @@ def score_batch():
         from airflow.sdk.exceptions import AirflowSkipException
         from mlflow.exceptions import MlflowException
 
-        from pipelines.config import get_settings
         from serving.batch import score_day
 
         day = run_day(params, data_interval_start)

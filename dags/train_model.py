@@ -17,12 +17,13 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task
 
-from pipelines.orchestration import DEFAULT_ARGS, MODEL
+from pipelines.config import get_settings
+from pipelines.orchestration import DEFAULT_ARGS, MODEL, history_start
 
 
 @dag(
     schedule=None,
-    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+    start_date=history_start(),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -59,9 +60,7 @@ from pipelines.orchestration import DEFAULT_ARGS, MODEL
 def train_model():
     @task
     def build_dataset(params=None) -> dict:
-        import datetime as dt
 
-        from pipelines.config import get_settings
         from pipelines.training.train import build_dataset, latest_assessable_day
 
         settings = get_settings()
@@ -75,7 +74,6 @@ def train_model():
 
     @task
     def tune(ids: dict, params=None) -> dict:
-        from pipelines.config import get_settings
         from pipelines.training.train import tune_model
 
         params = params or {}
@@ -94,7 +92,6 @@ def train_model():
 
     @task
     def train_final(ids: dict) -> dict:
-        from pipelines.config import get_settings
         from pipelines.training.train import train_final
 
         settings = get_settings()
@@ -105,7 +102,6 @@ def train_model():
 
     @task
     def evaluate(ids: dict) -> dict:
-        from pipelines.config import get_settings
         from pipelines.training.train import evaluate
 
         metrics = evaluate(get_settings(), ids["run_id"], ids["workdir"])["metrics"]
@@ -113,14 +109,12 @@ def train_model():
 
     @task
     def register(ids: dict) -> dict:
-        from pipelines.config import get_settings
         from pipelines.training.train import register
 
         return register(get_settings(), ids["run_id"], ids["workdir"])
 
     @task
     def gate(ids: dict) -> dict:
-        from pipelines.config import get_settings
         from pipelines.training.train import finish_run, gate
 
         settings = get_settings()
