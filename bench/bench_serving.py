@@ -46,6 +46,7 @@ import aiohttp
 import numpy as np
 
 from pipelines.contracts import CHAMPION_ALIAS
+from pipelines.lake import utc_today
 from pipelines.platform.scoring import BentoProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +83,7 @@ def world_env(home: Path, world: str) -> dict[str, str]:
     # As `make up` pins it in var/runtime.env: today - history_days.
     from pipelines.config import Settings
 
-    start = dt.date.today() - dt.timedelta(days=Settings().history_days)
+    start = utc_today() - dt.timedelta(days=Settings().history_days)
     return env | {"FRAUD_HISTORY_START": start.isoformat()}
 
 
@@ -180,7 +181,7 @@ def build_world(home: Path, world: str) -> dict[str, Any]:
     first = settings.history_start_date
     last = first + dt.timedelta(days=SMALL_DAYS - 1)
     if world == "product":
-        last = dt.date.today() - dt.timedelta(days=1)
+        last = utc_today() - dt.timedelta(days=1)
     print(f"  ingesting {first} .. {last} ({settings.n_customers:,} customers)", flush=True)
     ingest_days(first, last, settings)
     print("  features (dbt, Spark, Feast materialize)", flush=True)

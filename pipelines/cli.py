@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from pipelines.config import get_settings, load_settings
+from pipelines.lake import utc_today
 
 app = typer.Typer(help="Card-fraud platform: every pipeline stage from the command line.")
 ingest_app = typer.Typer(help="Write transactions and labels into the raw lake.")
@@ -316,7 +317,7 @@ def demo(
 
     from pipelines.platform.airflow import AirflowServices
 
-    today = dt.date.today()
+    today = utc_today()
     console.print(f"drift switched on: {d.switch_drift_on(settings, drift, today)}")
     if settings.is_live(today):
         report = d.fast_forward_today(load_settings(), say=console.print)

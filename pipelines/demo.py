@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from pipelines.lake import utc_today
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -106,7 +108,7 @@ def fast_forward_today(settings: Settings, say: Callable[[str], None]) -> Replay
     network = PaymentNetwork(settings)
     paused = network.down()
     try:
-        return replay_day(settings, dt.date.today(), speed=0, on_progress=lambda r: say(r.line()))
+        return replay_day(settings, utc_today(), speed=0, on_progress=lambda r: say(r.line()))
     finally:
         if paused:
             network.up()

@@ -64,6 +64,12 @@ def remove_stale_tmp(directory: Path, older_than: float = STALE_TMP_SECONDS) -> 
     return len(stale)
 
 
+def utc_today() -> dt.date:
+    """Today's date in UTC: the calendar every day of the lake, the DAGs and the pins uses
+    (``dt.date.today()`` is the machine's local date)."""
+    return dt.datetime.now(dt.UTC).date()
+
+
 def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
     """Every day from ``first`` to ``last``, both included (none if ``last`` is before)."""
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from pipelines.config import Settings, load_settings
+from pipelines.lake import utc_today
 from pipelines.registry import tracking
 
 
@@ -26,10 +27,10 @@ def initialise(settings: Settings) -> Settings:
         folder.mkdir(parents=True, exist_ok=True)
     pins = []
     if settings.history_start is None:
-        start = dt.date.today() - dt.timedelta(days=settings.history_days)
+        start = utc_today() - dt.timedelta(days=settings.history_days)
         pins.append(f"FRAUD_HISTORY_START={start.isoformat()}")
     if settings.live_traffic and settings.live_start is None:
-        pins.append(f"FRAUD_LIVE_START={dt.date.today().isoformat()}")
+        pins.append(f"FRAUD_LIVE_START={utc_today().isoformat()}")
     if pins:
         with open(settings.runtime_env_file, "a") as fh:
             fh.write("".join(f"{line}\n" for line in pins))

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from pipelines.config import get_settings, load_settings
+from pipelines.lake import utc_today
 from pipelines.platform.airflow import AirflowServices
 from pipelines.platform.runtime import initialise
 from pipelines.platform.scoring import BentoProcess
@@ -47,7 +48,7 @@ def scoring_server(serving_world) -> Iterator[BentoProcess]:
 def running_airflow(home, history_days: int = 2, **env: str) -> Iterator[AirflowServices]:
     """Airflow (api-server, scheduler, dag-processor, triggerer) on ``home``, then down."""
     with pytest.MonkeyPatch.context() as mp:
-        start = dt.date.today() - dt.timedelta(days=history_days)
+        start = utc_today() - dt.timedelta(days=history_days)
         values = {
             "FRAUD_HOME": str(home),
             "FRAUD_HISTORY_START": start.isoformat(),

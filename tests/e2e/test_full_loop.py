@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import PROJECT_ROOT
-from pipelines.lake import part_path, partition_dir
+from pipelines.lake import part_path, partition_dir, utc_today
 from pipelines.platform.airflow import failure_report
 from pipelines.platform.scoring import ScoringService
 from pipelines.training.bootstrap import BOOTSTRAP_RUN_ID
@@ -46,7 +46,7 @@ from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
-TODAY = dt.date.today()
+TODAY = utc_today()
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "airflow-ui"
 # 3 train + 2 delay + 3 test days, the model-selection split before them, and the label delay.
@@ -471,7 +471,7 @@ def test_a_bad_batch_stops_build_features_before_spark(system):
     _wait_until_idle(api, "build_features")  # no build in flight may touch the tables meanwhile
     customer_table = settings.features_dir / "customer_features"
     before = sorted((p.name, p.stat().st_mtime_ns) for p in customer_table.rglob("*.parquet"))
-    day = dt.date.today()
+    day = utc_today()
     bad = pa.Table.from_pylist(
         [
             {

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.lake import part_path
+from pipelines.lake import part_path, utc_today
 from pipelines.platform.airflow import AirflowServices
 from pipelines.platform.cli import AIRFLOW_HEALTH_KEY, platform_app
 from pipelines.platform.executor import PRELOADED_MODULES
@@ -23,7 +23,7 @@ from tests.production.conftest import pg_url, profile, query
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.airflow
-TODAY = dt.date.today()
+TODAY = utc_today()
 DAG = "ingest_transactions"
 
 

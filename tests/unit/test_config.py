@@ -1,6 +1,7 @@
 import datetime as dt
 
 from pipelines.config import load_settings
+from pipelines.lake import utc_today
 from pipelines.platform.runtime import initialise
 
 
@@ -33,7 +34,7 @@ def test_first_start_pins_history_start_once(make_settings, monkeypatch):
     s = load_settings()
     assert s.history_start is None
     pinned = initialise(s)
-    assert pinned.history_start == dt.date.today() - dt.timedelta(days=10)
+    assert pinned.history_start == utc_today() - dt.timedelta(days=10)
     # A second start keeps the pin even if the window setting changes.
     monkeypatch.setenv("FRAUD_HISTORY_DAYS", "3")
     again = initialise(load_settings())
@@ -45,7 +46,7 @@ def test_first_start_pins_today_as_the_first_live_day_once(make_settings, monkey
     s = make_settings()
     monkeypatch.delenv("FRAUD_LIVE_START", raising=False)
     pinned = initialise(load_settings())
-    today = dt.date.today()
+    today = utc_today()
     assert pinned.live_start == today
     assert pinned.is_live(today) and not pinned.is_live(today - dt.timedelta(days=1))
     initialise(load_settings())
@@ -57,11 +58,11 @@ def test_without_live_traffic_every_day_is_simulated(make_settings, monkeypatch)
     monkeypatch.delenv("FRAUD_LIVE_START", raising=False)
     settings = initialise(load_settings())
     assert settings.live_start is None
-    assert not settings.is_live(dt.date.today() + dt.timedelta(days=365))
+    assert not settings.is_live(utc_today() + dt.timedelta(days=365))
 
 
 def test_first_start_creates_the_embedded_tracking_store(settings):
-    from pipelines.training import tracking
+    from pipelines.registry import tracking
 
     assert not settings.mlflow_dir.exists()
     initialise(settings)

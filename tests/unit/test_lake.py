@@ -54,3 +54,26 @@ def test_days_between_includes_both_ends_and_is_empty_when_reversed():
     ]
     assert days_between(first, first) == [first]
     assert days_between(first, dt.date(2024, 2, 27)) == []
+
+
+def test_utc_today_is_the_utc_date_whatever_the_machine_timezone():
+    import subprocess
+    import sys
+
+    code = (
+        "import datetime as dt; from pipelines.lake import utc_today; "
+        "print(utc_today(), dt.date.today())"
+    )
+    local_dates = set()
+    # At any instant one of these zones (UTC+14, UTC-12) is on another date than UTC.
+    for zone in ("Etc/GMT-14", "Etc/GMT+12"):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "TZ": zone},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert out[0] == dt.datetime.now(dt.UTC).date().isoformat(), zone
+        local_dates.add(out[1])
+    assert local_dates - {dt.datetime.now(dt.UTC).date().isoformat()}, "no zone differed"
