@@ -158,7 +158,7 @@ def train_first_model(settings: Any) -> str:
         timeout_seconds=conf["timeout_seconds"],
         reason=conf["reason"],
     )
-    if outcome.gate.get("alias") != CHAMPION_ALIAS:
+    if outcome.gate is None or outcome.gate["alias"] != CHAMPION_ALIAS:
         raise RuntimeError(f"the first model was not promoted: {outcome.gate}")
     return outcome.version
 

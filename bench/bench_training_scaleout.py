@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import os
 import secrets
 import shutil
@@ -33,6 +32,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from pipelines.training import steps
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PGPORT", "5432"))
@@ -153,7 +154,7 @@ def main() -> None:
                     )
 
             # 2. the final training of one chosen ensemble
-            tuning = json.loads((chosen / "tuning.json").read_text())
+            tuning = steps.read(chosen, steps.Tuning)
             for repeat in range(args.repeat):
                 for threads in (2, 1):
                     configure_threads(threads)

@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.training import steps
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -100,7 +102,7 @@ def run_seed(seed: int, home: Path, budget: int, trials: int) -> dict:
     data = dataset.load(outcome.workdir / "data")
     baseline, baseline_scores = logistic_regression(data)
     test = data.frames["test"]
-    model_uri = json.loads((outcome.workdir / "final.json").read_text())["model_uri"]
+    model_uri = steps.read(outcome.workdir, steps.FinalModel)["model_uri"]
     our_scores = score_with(model_uri, test)  # the model as logged, as evaluate() scores it
     return {
         "seed": seed,
@@ -345,7 +347,7 @@ def _load_seed(workdir: Path, seed: int) -> dict:
 
         os.environ["FRAUD_HOME"] = str(home)  # that seed's MLflow store
         tracking.use_tracking(load_settings())
-        model_uri = json.loads((run_dir / "final.json").read_text())["model_uri"]
+        model_uri = steps.read(run_dir, steps.FinalModel)["model_uri"]
         test = data.frames["test"]
         _, baseline_scores = logistic_regression(data)
         result["difference_interval"] = paired_bootstrap(

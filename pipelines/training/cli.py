@@ -75,9 +75,11 @@ def train_run(
     )
     console.print(f"MLflow run {outcome.run_id} in {outcome.seconds:.0f}s; files {outcome.workdir}")
     gate = outcome.gate
-    console.print(
-        f"{settings.model_name} v{outcome.version} -> [bold]{gate['alias']}[/]: {gate['reason']}"
-    )
+    if gate is not None:
+        console.print(
+            f"{settings.model_name} v{outcome.version} -> [bold]{gate['alias']}[/]: "
+            f"{gate['reason']}"
+        )
 
 
 @train_app.command("tune-worker")

@@ -135,7 +135,7 @@ def run(workdir: Path, *, seeds_per_trial: int | None = None, threads: int = 1) 
     import torch
     import torch.distributed as dist
 
-    from pipelines.training import dataset, ensemble
+    from pipelines.training import dataset, ensemble, steps
     from pipelines.training.model import FraudScorer, configure_threads
 
     configure_threads(threads)
@@ -143,7 +143,7 @@ def run(workdir: Path, *, seeds_per_trial: int | None = None, threads: int = 1) 
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         data = dataset.load(workdir / "data")
-        tuning = json.loads((workdir / "tuning.json").read_text())
+        tuning = steps.read(workdir, steps.Tuning)
         seeds = seeds_per_trial if seeds_per_trial is not None else ensemble.SEEDS_PER_TRIAL
         rows: list[int] = []
 

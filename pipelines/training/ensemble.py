@@ -24,12 +24,13 @@ from pipelines.training.model import (
 
 if TYPE_CHECKING:
     from pipelines.training.dataset import ProtocolData
+    from pipelines.training.steps import TunedMember, Tuning
 
 ENSEMBLE_TRIALS = 3
 SEEDS_PER_TRIAL = 2
 
 
-def ensemble_threshold(tuning: dict[str, Any]) -> float:
+def ensemble_threshold(tuning: Tuning) -> float:
     """The operating threshold: mean validation max-F1 threshold of the chosen trials."""
     return float(sum(m["threshold"] for m in tuning["members"]) / len(tuning["members"]))
 
@@ -39,7 +40,7 @@ FitFunction = Callable[[Any, Any, HyperParams, int, int], TrainedNetwork]
 
 def train_ensemble(
     data: ProtocolData,
-    chosen: list[dict[str, Any]],
+    chosen: list[TunedMember],
     fit: FitFunction,
     seeds_per_trial: int = SEEDS_PER_TRIAL,
 ) -> tuple[list[Any], dict[str, list[EpochRecord]]]:

@@ -28,14 +28,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pipelines.config import Settings
 from pipelines.featurestore.store import FEATURE_SERVICE
-from pipelines.lake import write_text_atomic
 from pipelines.protocol import SplitWindows
 from pipelines.registry import tracking
-from pipelines.training import ensemble
+from pipelines.training import ensemble, steps
 
 if TYPE_CHECKING:
     pass
@@ -58,16 +57,6 @@ def split_for(settings: Settings, test_end: dt.date) -> SplitWindows:
 
 def workdir_of(settings: Settings, run_id: str) -> Path:
     return settings.home / TRAINING_DIR / run_id
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, default=str))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: run the step that writes it first")
-    return json.loads(path.read_text())
 
 
 def latest_assessable_day(settings: Settings) -> dt.date:
@@ -98,7 +87,7 @@ def build_dataset(
     *,
     reason: str = "manual",
     service: str = FEATURE_SERVICE,
-) -> dict[str, str]:
+) -> steps.RunFolder:
     """Build the four periods through Feast, open the MLflow run, log the data lineage and the
     whylogs reference profile. Returns ``{"run_id", "workdir"}``."""
     from pipelines.training import dataset
@@ -133,7 +122,7 @@ def build_dataset(
     )
     _log_reference_profile(settings, run_id, data, workdir)
     log.info("training run %s: %s in %s", run_id, windows.key, workdir)
-    return {"run_id": run_id, "workdir": str(workdir)}
+    return steps.RunFolder(run_id=run_id, workdir=str(workdir))
 
 
 def _log_reference_profile(settings: Settings, run_id: str, data: Any, workdir: Path) -> None:
@@ -158,7 +147,7 @@ def tune_model(
     timeout_seconds: float | None = None,
     callbacks: tuple = (),
     workers: int = 1,
-) -> dict[str, Any]:
+) -> steps.Tuning:
     """Run or resume the Optuna study; writes ``tuning.json`` (the chosen configurations).
     ``workers > 1``: the trials run in that many processes sharing the study storage."""
     from pipelines.training import dataset, tune
@@ -210,7 +199,7 @@ def tune_model(
             "tuning_workers": workers,
         },
     )
-    payload = {
+    payload: steps.Tuning = {
         "study_name": result.study_name,
         "finished_trials": result.finished_trials,
         "trials_this_call": result.trials_this_call,
@@ -228,8 +217,7 @@ def tune_model(
             for t in result.top
         ],
     }
-    _write_json(workdir / "tuning.json", payload)
-    return payload
+    return steps.write(workdir, steps.Tuning, payload)
 
 
 def _redacted(url: str) -> str:
@@ -245,7 +233,7 @@ def _redacted(url: str) -> str:
 
 def train_final(
     settings: Settings, run_id: str, workdir: Path, *, processes: int = 1
-) -> dict[str, Any]:
+) -> steps.FinalModel:
     """Train the ensemble on the training period, save it and log it to MLflow (signature,
     input example, explicit requirements, pickle serialization). Writes ``final.json``.
 
@@ -257,7 +245,7 @@ def train_final(
     configure_threads(settings.torch_threads)
     workdir = Path(workdir)
     data = dataset.load(workdir / "data")
-    tuning = _read_json(workdir / "tuning.json")
+    tuning = steps.read(workdir, steps.Tuning)
     train = data.frames["train"]
     threshold = ensemble.ensemble_threshold(tuning)
     started = time.monotonic()
@@ -292,7 +280,7 @@ def train_final(
         },
     )
     tracking.log_metrics(settings, run_id, {"final_training_seconds": seconds})
-    payload = {
+    payload: steps.FinalModel = {
         "model_uri": model_uri,
         "model_id": model_id,
         "members": len(scorer.members),
@@ -302,8 +290,7 @@ def train_final(
         "seconds": seconds,
         **({"rows_per_rank": extra["rows_per_rank"]} if extra else {}),
     }
-    _write_json(workdir / "final.json", payload)
-    return payload
+    return steps.write(workdir, steps.FinalModel, payload)
 
 
 def _log_model(
@@ -355,7 +342,7 @@ def score_with(model: Any, frame: Any) -> Any:
     return np.asarray(prediction, dtype=np.float64).ravel()
 
 
-def evaluate(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
+def evaluate(settings: Settings, run_id: str, workdir: Path) -> steps.Evaluation:
     """Score the test period with the model *as logged in MLflow*, log the metrics and the ROC
     and PR plots. Writes ``evaluation.json``."""
     import mlflow.pyfunc
@@ -366,7 +353,7 @@ def evaluate(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
 
     workdir = Path(workdir)
     data = dataset.load(workdir / "data")
-    final = _read_json(workdir / "final.json")
+    final = steps.read(workdir, steps.FinalModel)
     tracking.use_tracking(settings)
     model = mlflow.pyfunc.load_model(final["model_uri"])
     results: dict[str, dict[str, float]] = {}
@@ -394,23 +381,22 @@ def evaluate(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
     metrics = {f"test_{k}": v for k, v in results["test"].items()}
     metrics |= {f"in_sample_{k}": v for k, v in results["validation"].items()}
     tracking.log_metrics(settings, run_id, metrics)
-    payload = {"model_uri": final["model_uri"], "metrics": metrics}
-    _write_json(workdir / "evaluation.json", payload)
-    return payload
+    payload: steps.Evaluation = {"model_uri": final["model_uri"], "metrics": metrics}
+    return steps.write(workdir, steps.Evaluation, payload)
 
 
 # --- steps 5 and 6: registry and gate -------------------------------------------------------
 
 
-def register(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
+def register(settings: Settings, run_id: str, workdir: Path) -> steps.Registration:
     """Register the logged model as ``settings.model_name`` with its lineage tags. Idempotent:
     a retry finds the version of this run instead of registering a second one."""
     from pipelines.registry import versions
     from pipelines.training import dataset
 
     workdir = Path(workdir)
-    evaluation = _read_json(workdir / "evaluation.json")
-    final = _read_json(workdir / "final.json")
+    evaluation = steps.read(workdir, steps.Evaluation)
+    final = steps.read(workdir, steps.FinalModel)
     data = dataset.load(workdir / "data")
     run = tracking.client(settings).get_run(run_id)
     metrics = evaluation["metrics"]
@@ -433,19 +419,18 @@ def register(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
         "promotion_metric": settings.promotion_metric,
     }
     version = versions.register_version(settings, final["model_uri"], run_id, tags)
-    payload = {"version": version}
-    _write_json(workdir / "registration.json", payload)
-    return payload
+    payload: steps.Registration = {"version": version}
+    return steps.write(workdir, steps.Registration, payload)
 
 
-def gate(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
+def gate(settings: Settings, run_id: str, workdir: Path) -> steps.GateVerdict:
     """Compare with the champion on this run's test window and move the aliases."""
     from pipelines.registry import promotion
     from pipelines.training import dataset
 
     workdir = Path(workdir)
-    version = _read_json(workdir / "registration.json")["version"]
-    evaluation = _read_json(workdir / "evaluation.json")
+    version = steps.read(workdir, steps.Registration)["version"]
+    evaluation = steps.read(workdir, steps.Evaluation)
     metric = settings.promotion_metric
     candidate_value = float(evaluation["metrics"][f"test_{metric}"])
     data = dataset.load(workdir / "data")
@@ -475,9 +460,8 @@ def gate(settings: Settings, run_id: str, workdir: Path) -> dict[str, Any]:
             "gate_reason": decision.reason,
         },
     )
-    payload = decision.as_dict()
-    _write_json(workdir / "gate.json", payload)
-    return payload
+    payload = cast(steps.GateVerdict, decision.as_dict())
+    return steps.write(workdir, steps.GateVerdict, payload)
 
 
 def finish_run(settings: Settings, run_id: str, succeeded: bool = True) -> None:
@@ -491,10 +475,10 @@ def finish_run(settings: Settings, run_id: str, succeeded: bool = True) -> None:
 class TrainingOutcome:
     run_id: str
     workdir: Path
-    study: dict[str, Any]
+    study: steps.Tuning
     metrics: dict[str, float]
     version: str
-    gate: dict[str, Any]
+    gate: steps.GateVerdict | None  # None: not registered
     seconds: float
 
 
@@ -526,7 +510,7 @@ def run_training(
         )
         train_final(settings, run_id, workdir, processes=processes)
         metrics = evaluate(settings, run_id, workdir)["metrics"]
-        version, decision = "", {}
+        version, decision = "", None
         if register_model:
             version = register(settings, run_id, workdir)["version"]
             decision = gate(settings, run_id, workdir)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import Settings
+from pipelines.training import steps
 from tests.production.conftest import pg_url, query
 from tests.worlds import TEST_END, world_copy
 
@@ -153,7 +154,7 @@ def test_ddp_on_two_ranks_matches_the_single_process_model(world, search):
     ddp_run = tracking.start_run(settings, "ddp", {"reason": "scale-out test"})
     ddp_dir = train.workdir_of(settings, ddp_run)
     shutil.copytree(workdir / "data", ddp_dir / "data")
-    shutil.copy(workdir / "tuning.json", ddp_dir / "tuning.json")
+    shutil.copy(steps.path(workdir, steps.Tuning), steps.path(ddp_dir, steps.Tuning))
     ddp_final = train.train_final(settings, ddp_run, ddp_dir, processes=2)
     ddp = train.evaluate(settings, ddp_run, ddp_dir)["metrics"]
 
@@ -189,7 +190,6 @@ def test_ddp_without_dropout_reproduces_single_process_training(world, search, t
     """With dropout off, nothing random differs between 1 process and 2 DDP ranks: the same
     batches and averaged gradients must give the same networks (up to float summation order).
     A wrong batch split, a missing all-reduce or unsynchronised weights would not."""
-    import json
 
     import numpy as np
 
@@ -198,10 +198,10 @@ def test_ddp_without_dropout_reproduces_single_process_training(world, search, t
 
     workdir = tmp_path / "no-dropout"
     shutil.copytree(world["workdir"] / "data", workdir / "data")
-    tuning = json.loads((world["workdir"] / "tuning.json").read_text())
+    tuning = steps.read(world["workdir"], steps.Tuning)
     for member in tuning["members"]:
         member["params"]["dropout"] = 0.0
-    (workdir / "tuning.json").write_text(json.dumps(tuning))
+    steps.write(workdir, steps.Tuning, tuning)
     data = dataset.load(workdir / "data")
     members, histories = ensemble.train_ensemble(
         data, tuning["members"], ensemble.fit_here, seeds_per_trial=1
