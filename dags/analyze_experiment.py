@@ -25,7 +25,12 @@ from pipelines.orchestration import DEFAULT_ARGS, MODEL, history_start, run_day
     default_args=DEFAULT_ARGS,
     tags=["experiment", "ab-test", "serving"],
     params={
-        "window_days": Param(28, type="integer", minimum=1, description="Days analysed."),
+        "window_days": Param(
+            get_settings().experiment_window_days,
+            type="integer",
+            minimum=1,
+            description="Days analysed.",
+        ),
         "day": Param(
             None,
             type=["null", "string"],
@@ -47,7 +52,7 @@ def analyze_experiment():
         # Without a day (a manual run with no logical date) the analysis takes the newest.
         day = run_day(params, data_interval_end) if params.get("day") or data_interval_end else None
         result = analyze(
-            get_settings(), day, int(params.get("window_days", 28)), apply=params.get("apply", True)
+            get_settings(), day, params.get("window_days"), apply=params.get("apply", True)
         )
         if result is None:
             raise AirflowSkipException("no challenger in the registry: nothing to analyse")

@@ -252,6 +252,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Fewest labelled predictions per variant before the analysis decides.",
     )
+    experiment_window_days: int = Field(
+        28,
+        ge=1,
+        description="Days the experiment analysis reads, ending on its day (CLI `--window-days` "
+        "and the `analyze_experiment` param default to it).",
+    )
 
     # --- lineage UIs -------------------------------------------------------------------
     dbt_docs_port: int = Field(

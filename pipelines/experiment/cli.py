@@ -34,7 +34,12 @@ def analyze(
     day: dt.datetime | None = typer.Option(
         None, "--day", formats=["%Y-%m-%d"], help="Last day of the window (default today)."
     ),
-    window_days: int = typer.Option(28, "--window-days", min=1, help="Days of the window."),
+    window_days: int | None = typer.Option(
+        None,
+        "--window-days",
+        min=1,
+        help="Days of the window (default FRAUD_EXPERIMENT_WINDOW_DAYS).",
+    ),
     apply: bool = typer.Option(
         True, "--apply/--dry-run", help="Act on the decision (ship moves the champion alias)."
     ),

@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines import contracts
-from pipelines.experiment.analysis import AnalysisConfig, analyze
+from pipelines.experiment.analysis import analyze
 from pipelines.experiment.cli import experiment_app
+from pipelines.experiment.statistics import AnalysisConfig
 from pipelines.ingest import schema
 from pipelines.lake import part_path, write_parquet_atomic
 from pipelines.registry import promotion, tracking, versions

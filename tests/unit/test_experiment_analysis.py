@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.experiment.analysis import (
+from pipelines.experiment.assignment import TREATMENT, assign
+from pipelines.experiment.statistics import (
     AnalysisConfig,
     _SortedScores,
     compare,
     detect_mode,
 )
-from pipelines.experiment.assignment import TREATMENT, assign
 from pipelines.metrics import average_precision
 
 CONFIG = AnalysisConfig(n_bootstrap=500)
