@@ -57,6 +57,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from pipelines.config import Settings
 from pipelines.monitoring.drift import ColumnDrift, Severity
 from pipelines.monitoring.scores import DriftScores, alert_key
 
@@ -69,7 +70,6 @@ MIN_SHIFT = 0.05
 MIN_ROWS = 100
 MISSING_RATE_RISE = 0.02
 MAX_DEGRADATION = 0.05
-PROMOTION_METRIC = "average_precision"
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ class Thresholds:
     min_rows: int = MIN_ROWS
     missing_rate_rise: float = MISSING_RATE_RISE
     max_degradation: float = MAX_DEGRADATION
-    promotion_metric: str = PROMOTION_METRIC
+    # The settings own it (``performance_checks`` passes ``settings.promotion_metric``).
+    promotion_metric: str = Settings.model_fields["promotion_metric"].default
 
 
 DEFAULT_THRESHOLDS = Thresholds()

@@ -28,7 +28,6 @@ import datetime as dt
 from dataclasses import dataclass
 
 TRAIN_DAG_ID = "train_model"
-RETRAIN_COOLDOWN_DAYS = 7
 ACTIVE_STATES = ("queued", "running")
 
 
@@ -42,9 +41,7 @@ def trigger_logical_date(now: dt.datetime) -> dt.datetime:
     return dt.datetime.combine(now.astimezone(dt.UTC).date(), dt.time(), dt.UTC)
 
 
-def cooldown_logical_dates(
-    now: dt.datetime, cooldown_days: int = RETRAIN_COOLDOWN_DAYS
-) -> list[dt.datetime]:
+def cooldown_logical_dates(now: dt.datetime, cooldown_days: int) -> list[dt.datetime]:
     """Logical dates of monitor-triggered runs that keep a trigger at ``now`` in cooldown."""
     if cooldown_days < 1:
         raise ValueError("cooldown_days must be >= 1")

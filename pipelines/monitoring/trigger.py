@@ -18,7 +18,6 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 
 from pipelines.monitoring.retrain import (
     ACTIVE_STATES,
-    RETRAIN_COOLDOWN_DAYS,
     TRAIN_DAG_ID,
     cooldown_logical_dates,
     retrain_run_id,
@@ -35,7 +34,7 @@ class DeduplicatedTriggerDagRunOperator(TriggerDagRunOperator):
         self,
         *,
         payload_task_id: str,
-        cooldown_days: int = RETRAIN_COOLDOWN_DAYS,
+        cooldown_days: int,
         trigger_dag_id: str = TRAIN_DAG_ID,
         **kwargs: Any,
     ) -> None:

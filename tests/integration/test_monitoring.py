@@ -142,7 +142,11 @@ def test_each_drift_scenario_is_flagged_on_its_first_day(quiet_world, tmp_path, 
     runs: dict[str, dt.datetime] = {}
     for day, action in actions.items():
         now = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(1), dt.UTC)
-        recent = [d for d in runs.values() if d in retrain.cooldown_logical_dates(now)]
+        recent = [
+            d
+            for d in runs.values()
+            if d in retrain.cooldown_logical_dates(now, settings.retrain_cooldown_days)
+        ]
         if action == "retrain" and not recent and retrain.retrain_run_id(day) not in runs:
             runs[retrain.retrain_run_id(day)] = retrain.trigger_logical_date(now)
     assert len(runs) == 1
