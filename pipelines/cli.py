@@ -20,12 +20,10 @@ from pipelines.lake import utc_today
 app = typer.Typer(help="Card-fraud platform: every pipeline stage from the command line.")
 ingest_app = typer.Typer(help="Write transactions and labels into the raw lake.")
 lake_app = typer.Typer(help="Inspect the raw lake.")
-services_app = typer.Typer(help="Start and stop the local services (Airflow).")
 features_app = typer.Typer(help="Build features: dbt marts, Spark job, Feast apply/materialize.")
 traffic_app = typer.Typer(help="The payment network: send the simulator's payments to /score.")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(lake_app, name="lake")
-app.add_typer(services_app, name="services")
 app.add_typer(features_app, name="features")
 app.add_typer(traffic_app, name="traffic")
 
@@ -34,14 +32,14 @@ def _add_stage_apps() -> None:
     """Command groups that live beside their stage (imported lazily by typer only when used)."""
     from pipelines.experiment.cli import experiment_app
     from pipelines.monitoring.cli import monitor_app
-    from pipelines.platform.cli import platform_app
+    from pipelines.platform.cli import services_app
     from pipelines.training.cli import registry_app, train_app
 
     app.add_typer(train_app, name="train")
     app.add_typer(registry_app, name="registry")
     app.add_typer(monitor_app, name="monitor")
     app.add_typer(experiment_app, name="experiment")
-    app.add_typer(platform_app, name="platform", help="Service entry points (compose, tests).")
+    app.add_typer(services_app, name="services")
 
 
 _add_stage_apps()
@@ -341,84 +339,3 @@ def demo(
         f"{airflow.base_url}/dags/train_model -> {airflow.base_url}/dags/deploy_model; "
         f"then `python -m pipelines demo` again shows the new model version."
     )
-
-
-def _stack(settings):
-    from pipelines.platform.airflow import AirflowServices
-    from pipelines.platform.lineage import DbtDocsSite, FeastUI
-    from pipelines.platform.mlflow import MlflowServer
-    from pipelines.platform.scoring import ScoringService
-    from pipelines.platform.traffic import PaymentNetwork
-
-    mlflow = MlflowServer(
-        home=settings.home,
-        backend_store_uri=settings.tracking_uri,
-        artifacts_destination=str(settings.mlflow_dir / "artifacts"),
-        port=settings.mlflow_ui_port,
-    )
-    lineage = (DbtDocsSite(settings), FeastUI(settings))
-    scoring = ScoringService(settings)
-    return AirflowServices(settings), mlflow, scoring, lineage, PaymentNetwork(settings)
-
-
-@services_app.command("up")
-def services_up() -> None:
-    """Initialise ./var, start Airflow, the MLflow UI, the scoring API, the dbt docs site and
-    the Feast UI; print the URLs."""
-    from pipelines.platform.runtime import initialise
-
-    settings = initialise(get_settings())
-    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    airflow, mlflow, scoring, (docs, feast_ui), traffic = _stack(settings)
-    with console.status("starting Airflow (api-server, scheduler, dag-processor, triggerer)…"):
-        airflow.up()
-    with console.status("starting the MLflow UI…"):
-        mlflow.up()
-    with console.status("starting the scoring API (serving.serve)…"):
-        serving = scoring.up()
-    with console.status("starting the dbt docs site and the Feast UI…"):
-        docs.up()
-        feast_ui.up()
-    replaying = traffic.up()
-    login = airflow.login()
-    console.print(
-        f"[green]Airflow[/]      {airflow.base_url}   login: {login.username} / {login.password}"
-    )
-    console.print(f"[green]MLflow UI[/]    {mlflow.url}")
-    ready = f"serving {serving}" if scoring.ready() else "waiting for the first deploy"
-    console.print(f"[green]Scoring API[/]  {scoring.url}/score   ({ready})")
-    docs_state = "lineage graph" if docs.published() else "after the first build_features run"
-    console.print(f"[green]dbt docs[/]     {docs.url}   ({docs_state})")
-    console.print(f"[green]Feast UI[/]     {feast_ui.url}")
-    console.print(f"history: the daily ingest backfills from {settings.history_start_date}")
-    if replaying:
-        console.print(
-            f"live traffic: from {settings.live_start} the simulator's payments go to /score at "
-            f"their times (log: {traffic.process().log_file}; FRAUD_LIVE_TRAFFIC=false: off)"
-        )
-    console.print(f"logs: {settings.home / 'logs'}   stop: make down")
-
-
-@services_app.command("down")
-def services_down() -> None:
-    """Stop what `up` started (by PID file)."""
-    airflow, mlflow, scoring, (docs, feast_ui), traffic = _stack(get_settings())
-    stopped = ["traffic-replay"] if traffic.down() else []  # first: it calls the scoring API
-    stopped += [*airflow.down(), *(["mlflow-server"] if mlflow.down() else [])]
-    stopped += ["bentoml-serve"] if scoring.down() else []
-    stopped += ["dbt-docs"] if docs.down() else []
-    stopped += ["feast-ui"] if feast_ui.down() else []
-    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
-
-
-@services_app.command("status")
-def services_status() -> None:
-    """Which services run, and Airflow's health."""
-    airflow, mlflow, scoring, lineage, traffic = _stack(get_settings())
-    others = [mlflow.process(), scoring.process(), *(ui.process() for ui in lineage)]
-    others.append(traffic.process())
-    for proc in [*airflow.processes(), *others]:
-        pid = proc.pid()
-        console.print(f"{proc.name:24} {f'running (pid {pid})' if pid else 'stopped'}")
-    console.print(f"airflow health: {airflow.health()}")
-    console.print(f"scoring API ready: {scoring.ready()}")

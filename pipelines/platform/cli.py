@@ -1,12 +1,17 @@
-"""Entry points of the deployed services: what each docker-compose service runs.
+"""The platform's service processes, one command tree: ``python -m pipelines services``.
 
-Every long-running command *replaces* this Python process (``exec``) with the exact command the
-native code starts as a tracked process (``AirflowServices``, ``MlflowServer``,
+``up``, ``down`` and ``status`` start, stop and list the whole local stack in the background
+(what ``make up`` / ``make down`` / ``make status`` call); the other commands are the entry
+points of the deployed services, what each docker-compose service runs.
+
+Every long-running entry point *replaces* this Python process (``exec``) with the exact
+command the native code starts as a tracked process (``AirflowServices``, ``MlflowServer``,
 ``SparkStandalone``, ``DbtDocsSite``, ``FeastUI``), so a container runs what the test suite runs
 natively, and signals from the container runtime reach the service itself. The ``*-health``
 commands are the containers' healthchecks; they exit 0 when healthy, 1 otherwise.
 
-    python -m pipelines.platform.cli --help
+    python -m pipelines services --help
+    python -m pipelines.platform.cli --help     # the same app (docker-compose calls this)
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from rich.console import Console
 
 from pipelines.config import get_settings
 
-platform_app = typer.Typer(
-    help="Service entry points (docker-compose commands and healthchecks) and a local Spark "
+services_app = typer.Typer(
+    help="The platform's services: start, stop and list the local stack (up, down, status), "
+    "the entry points and healthchecks each docker-compose service runs, and a local Spark "
     "standalone cluster.",
     no_args_is_help=True,
 )
@@ -47,8 +53,90 @@ def _component(name: str) -> str:
     return name
 
 
+# --- The local stack (make up / make down / make status) -----------------------------------
+def _stack(settings):
+    from pipelines.platform.airflow import AirflowServices
+    from pipelines.platform.lineage import DbtDocsSite, FeastUI
+    from pipelines.platform.mlflow import MlflowServer
+    from pipelines.platform.scoring import ScoringService
+    from pipelines.platform.traffic import PaymentNetwork
+
+    mlflow = MlflowServer(
+        home=settings.home,
+        backend_store_uri=settings.tracking_uri,
+        artifacts_destination=str(settings.mlflow_dir / "artifacts"),
+        port=settings.mlflow_ui_port,
+    )
+    lineage = (DbtDocsSite(settings), FeastUI(settings))
+    scoring = ScoringService(settings)
+    return AirflowServices(settings), mlflow, scoring, lineage, PaymentNetwork(settings)
+
+
+@services_app.command("up")
+def services_up() -> None:
+    """Initialise ./var, start Airflow, the MLflow UI, the scoring API, the dbt docs site and
+    the Feast UI; print the URLs."""
+    from pipelines.platform.runtime import initialise
+
+    settings = initialise(get_settings())
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    airflow, mlflow, scoring, (docs, feast_ui), traffic = _stack(settings)
+    with console.status("starting Airflow (api-server, scheduler, dag-processor, triggerer)…"):
+        airflow.up()
+    with console.status("starting the MLflow UI…"):
+        mlflow.up()
+    with console.status("starting the scoring API (serving.serve)…"):
+        serving = scoring.up()
+    with console.status("starting the dbt docs site and the Feast UI…"):
+        docs.up()
+        feast_ui.up()
+    replaying = traffic.up()
+    login = airflow.login()
+    console.print(
+        f"[green]Airflow[/]      {airflow.base_url}   login: {login.username} / {login.password}"
+    )
+    console.print(f"[green]MLflow UI[/]    {mlflow.url}")
+    ready = f"serving {serving}" if scoring.ready() else "waiting for the first deploy"
+    console.print(f"[green]Scoring API[/]  {scoring.url}/score   ({ready})")
+    docs_state = "lineage graph" if docs.published() else "after the first build_features run"
+    console.print(f"[green]dbt docs[/]     {docs.url}   ({docs_state})")
+    console.print(f"[green]Feast UI[/]     {feast_ui.url}")
+    console.print(f"history: the daily ingest backfills from {settings.history_start_date}")
+    if replaying:
+        console.print(
+            f"live traffic: from {settings.live_start} the simulator's payments go to /score at "
+            f"their times (log: {traffic.process().log_file}; FRAUD_LIVE_TRAFFIC=false: off)"
+        )
+    console.print(f"logs: {settings.home / 'logs'}   stop: make down")
+
+
+@services_app.command("down")
+def services_down() -> None:
+    """Stop what `up` started (by PID file)."""
+    airflow, mlflow, scoring, (docs, feast_ui), traffic = _stack(get_settings())
+    stopped = ["traffic-replay"] if traffic.down() else []  # first: it calls the scoring API
+    stopped += [*airflow.down(), *(["mlflow-server"] if mlflow.down() else [])]
+    stopped += ["bentoml-serve"] if scoring.down() else []
+    stopped += ["dbt-docs"] if docs.down() else []
+    stopped += ["feast-ui"] if feast_ui.down() else []
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@services_app.command("status")
+def services_status() -> None:
+    """Which services run, and Airflow's health."""
+    airflow, mlflow, scoring, lineage, traffic = _stack(get_settings())
+    others = [mlflow.process(), scoring.process(), *(ui.process() for ui in lineage)]
+    others.append(traffic.process())
+    for proc in [*airflow.processes(), *others]:
+        pid = proc.pid()
+        console.print(f"{proc.name:24} {f'running (pid {pid})' if pid else 'stopped'}")
+    console.print(f"airflow health: {airflow.health()}")
+    console.print(f"scoring API ready: {scoring.ready()}")
+
+
 # --- Airflow -------------------------------------------------------------------------------
-@platform_app.command("airflow-init")
+@services_app.command("airflow-init")
 def airflow_init() -> None:
     """One-shot: pin the history start, create the secrets and login, migrate the metadata DB.
 
@@ -69,7 +157,7 @@ def airflow_init() -> None:
     )
 
 
-@platform_app.command("airflow-component")
+@services_app.command("airflow-component")
 def airflow_component(
     name: str = typer.Argument(..., callback=_component, help="api-server, scheduler, ..."),
 ) -> None:
@@ -81,7 +169,7 @@ def airflow_component(
     _exec(proc.command, airflow.env())
 
 
-@platform_app.command("airflow-health")
+@services_app.command("airflow-health")
 def airflow_health(
     name: str = typer.Argument(..., callback=_component, help="api-server, scheduler, ..."),
 ) -> None:
@@ -96,7 +184,7 @@ def airflow_health(
 
 
 # --- MLflow --------------------------------------------------------------------------------
-@platform_app.command("mlflow-server")
+@services_app.command("mlflow-server")
 def mlflow_server(
     backend_store_uri: str = typer.Option(
         ..., envvar="MLFLOW_BACKEND_STORE_URI", help="SQLAlchemy URL of the tracking DB."
@@ -119,7 +207,7 @@ def mlflow_server(
     _exec(command, server_env())
 
 
-@platform_app.command("http-ok")
+@services_app.command("http-ok")
 def http_ok(url: str = typer.Argument(..., help="e.g. http://127.0.0.1:5000/health")) -> None:
     """Exit 0 if ``url`` answers 200 (healthcheck of MLflow and BentoML)."""
     from pipelines.platform.mlflow import healthy
@@ -130,7 +218,7 @@ def http_ok(url: str = typer.Argument(..., help="e.g. http://127.0.0.1:5000/heal
 
 
 # --- BentoML --------------------------------------------------------------------------------
-@platform_app.command("scoring-server")
+@services_app.command("scoring-server")
 def scoring_server(
     host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 in a container)."),
     port: int = typer.Option(3000),
@@ -144,7 +232,7 @@ def scoring_server(
 
 
 # --- Lineage UIs ----------------------------------------------------------------------------
-@platform_app.command("dbt-docs")
+@services_app.command("dbt-docs")
 def dbt_docs(
     host: str | None = typer.Option(None, help="Address to bind; default FRAUD_SERVING_HOST."),
     port: int | None = typer.Option(None, help="Port; default FRAUD_DBT_DOCS_PORT."),
@@ -165,7 +253,7 @@ def dbt_docs(
     _exec(command, dict(os.environ))
 
 
-@platform_app.command("feast-ui")
+@services_app.command("feast-ui")
 def feast_ui(
     host: str | None = typer.Option(None, help="Address to bind; default FRAUD_SERVING_HOST."),
     port: int | None = typer.Option(None, help="Port; default FRAUD_FEAST_UI_PORT."),
@@ -182,7 +270,7 @@ def feast_ui(
     _exec(command, ui.env())
 
 
-@platform_app.command("dbt-docs-generate")
+@services_app.command("dbt-docs-generate")
 def dbt_docs_generate() -> None:
     """One-shot: ``dbt docs generate`` over the built warehouse, published to <home>/dbt-docs."""
     from pipelines.transform.dbt import generate_docs
@@ -194,7 +282,7 @@ def dbt_docs_generate() -> None:
 
 
 # --- Spark standalone ----------------------------------------------------------------------
-@platform_app.command("spark-master")
+@services_app.command("spark-master")
 def spark_master(
     host: str = typer.Option("127.0.0.1", help="Address/name the master binds and advertises."),
     port: int = typer.Option(7077),
@@ -206,7 +294,7 @@ def spark_master(
     _exec(master_command(host, port, webui_port), daemon_env(host))
 
 
-@platform_app.command("spark-worker")
+@services_app.command("spark-worker")
 def spark_worker(
     master_url: str = typer.Argument(..., help="spark://host:port"),
     host: str | None = typer.Option(
@@ -235,7 +323,7 @@ def spark_worker(
     _exec(command, daemon_env(host or None))
 
 
-@platform_app.command("spark-health")
+@services_app.command("spark-health")
 def spark_health(
     webui_url: str = typer.Option("http://127.0.0.1:8081", help="The master's web UI."),
     min_workers: int = typer.Option(0, help="ALIVE workers required."),
@@ -250,7 +338,7 @@ def spark_health(
         raise typer.Exit(1)
 
 
-@platform_app.command("spark-up")
+@services_app.command("spark-up")
 def spark_up(
     port: int = typer.Option(7077),
     webui_port: int = typer.Option(8081),
@@ -277,7 +365,7 @@ def spark_up(
     console.print(f"  UI: {cluster.webui_url}   use it: FRAUD_SPARK_MASTER={cluster.master_url}")
 
 
-@platform_app.command("spark-down")
+@services_app.command("spark-down")
 def spark_down() -> None:
     """Stop the local standalone cluster ``spark-up`` started (found by its PID files)."""
     from pipelines.platform.spark import SparkStandalone
@@ -287,7 +375,7 @@ def spark_down() -> None:
 
 
 # --- docker compose -------------------------------------------------------------------------
-@platform_app.command("compose-check")
+@services_app.command("compose-check")
 def compose_check(
     local_images: bool = typer.Option(
         False, help="Also deploy/compose.local-images.yml (PostgreSQL and Redis from Debian)."
@@ -331,4 +419,4 @@ def compose_check(
 
 
 if __name__ == "__main__":
-    platform_app(prog_name="python -m pipelines.platform.cli")
+    services_app(prog_name="python -m pipelines.platform.cli")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from pipelines.lake import part_path, utc_today
 from pipelines.platform.airflow import AirflowServices
-from pipelines.platform.cli import AIRFLOW_HEALTH_KEY, platform_app
+from pipelines.platform.cli import AIRFLOW_HEALTH_KEY, services_app
 from pipelines.platform.executor import PRELOADED_MODULES
 from tests.conftest import free_port
 from tests.production.conftest import pg_url, profile, query
@@ -139,7 +139,7 @@ def test_two_dag_runs_execute_in_parallel(airflow_pg, api):
 
 @pytest.mark.parametrize("component", list(AIRFLOW_HEALTH_KEY))
 def test_the_compose_healthcheck_passes_natively(airflow_pg, component):
-    result = CliRunner().invoke(platform_app, ["airflow-health", component])
+    result = CliRunner().invoke(services_app, ["airflow-health", component])
     assert result.exit_code == 0, result.output
 
 

@@ -21,7 +21,7 @@ from dotenv import dotenv_values
 
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.platform.airflow import COMPONENTS, AirflowServices
-from pipelines.platform.cli import platform_app
+from pipelines.platform.cli import services_app
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
@@ -175,8 +175,8 @@ def _check_python_module_command(argv: list[str], env: dict[str, str]) -> None:
     module, args = argv[2], argv[3:]
     assert importlib.util.find_spec(module) is not None, module
     assert module == "pipelines.platform.cli", f"unexpected entry point {module}"
-    commands = typer.main.get_command(platform_app).commands
-    assert args[0] in commands, f"no command {args[0]!r} in platform_app"
+    commands = typer.main.get_command(services_app).commands
+    assert args[0] in commands, f"no command {args[0]!r} in services_app"
     command = commands[args[0]]
     # Parses (option names, types, argument count, callbacks, options read from the service's
     # environment) without running the command.
@@ -213,10 +213,10 @@ def test_bentoml_serves_the_deployed_bento(services, tmp_path, monkeypatch):
     monkeypatch.setenv("FRAUD_HOME", str(tmp_path))
     cli.get_settings.cache_clear()
     try:
-        assert CliRunner().invoke(platform_app, argv[3:]).exit_code == 0
+        assert CliRunner().invoke(services_app, argv[3:]).exit_code == 0
         scoring.record_deployed(cli.get_settings(), ["fraud_scoring:model-v1"])
         monkeypatch.setattr(scoring, "bento_exists", lambda settings, tag: True)
-        assert CliRunner().invoke(platform_app, argv[3:]).exit_code == 0
+        assert CliRunner().invoke(services_app, argv[3:]).exit_code == 0
     finally:
         cli.get_settings.cache_clear()
     (before, before_env), (after, after_env) = execs

@@ -11,7 +11,7 @@ import pytest
 from mlflow.pyfunc import PythonModel
 from typer.testing import CliRunner
 
-from pipelines.platform.cli import platform_app
+from pipelines.platform.cli import services_app
 from pipelines.platform.mlflow import MlflowServer
 from tests.conftest import free_port
 from tests.production.conftest import pg_url, query
@@ -136,9 +136,9 @@ def test_training_registers_its_logged_model_through_the_server(server, make_set
 
 def test_the_compose_healthcheck_passes_natively(server):
     mlflow_server, _ = server
-    ok = CliRunner().invoke(platform_app, ["http-ok", f"{mlflow_server.url}/health"])
+    ok = CliRunner().invoke(services_app, ["http-ok", f"{mlflow_server.url}/health"])
     assert ok.exit_code == 0, ok.output
-    closed = CliRunner().invoke(platform_app, ["http-ok", f"http://127.0.0.1:{free_port()}/"])
+    closed = CliRunner().invoke(services_app, ["http-ok", f"http://127.0.0.1:{free_port()}/"])
     assert closed.exit_code == 1
 
 

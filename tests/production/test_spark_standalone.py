@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.features.runner import run_feature_job
-from pipelines.platform.cli import platform_app
+from pipelines.platform.cli import services_app
 from pipelines.platform.spark import SparkStandalone, alive_workers, master_status
 from tests.conftest import free_port
 from tests.production.conftest import profile
@@ -50,7 +50,7 @@ def test_the_worker_registers_alive_with_the_master(cluster):
     workers = alive_workers(master_status(cluster.webui_url))
     assert [(w["cores"], w["memory"]) for w in workers] == [(1, 1024)]
     healthy = CliRunner().invoke(
-        platform_app, ["spark-health", "--webui-url", cluster.webui_url, "--min-workers", "1"]
+        services_app, ["spark-health", "--webui-url", cluster.webui_url, "--min-workers", "1"]
     )
     assert healthy.exit_code == 0, healthy.output
 
@@ -88,5 +88,5 @@ def test_down_stops_master_and_worker(cluster):
     assert all(pids)
     assert cluster.down() == ["spark-worker", "spark-master"]
     assert not any(psutil.pid_exists(pid) for pid in pids)
-    unhealthy = CliRunner().invoke(platform_app, ["spark-health", "--webui-url", cluster.webui_url])
+    unhealthy = CliRunner().invoke(services_app, ["spark-health", "--webui-url", cluster.webui_url])
     assert unhealthy.exit_code == 1
