@@ -38,8 +38,12 @@ from serving.schemas import ModelInfo, Score, Transaction
 from serving.workers import ReloadBroadcast
 
 if TYPE_CHECKING:
-    from serving.model import LoadedModel
-    from serving.stream import CustomerState
+    from feast import FeatureStore
+
+    from pipelines.config import Settings
+    from serving.model import AliasWatcher, LoadedModel
+    from serving.prediction_log import PredictionLog
+    from serving.stream import CardLocks, CustomerState
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
@@ -97,110 +101,42 @@ def waited_too_long(job: ScoreJob, now: float, max_wait_ms: float) -> str | None
     return f"overloaded: waited {waited:.0f} ms for a batch (over {max_wait_ms:.0f})"
 
 
-@bentoml.service(name=BENTO_NAME, traffic={"timeout": 30}, workers=_settings.serving_workers)
-class FraudScoringService:
-    def __init__(self) -> None:
-        from pipelines.featurestore.online import checkpoint_in_background
-        from pipelines.featurestore.store import get_store
-        from serving.model import AliasWatcher, ChampionWatcher
-        from serving.prediction_log import PredictionLog
-        from serving.stream import card_locks
+class Scorer:
+    """What the service scores and answers with: ``score_jobs`` (one batch of ``/score``
+    requests: decisions, responses, prediction-log rows) and ``model_info``, from the models
+    the watchers hold right now.
 
-        # MLflow retries an unreachable server for minutes by default (7 retries, 120 s
-        # timeout): the watcher would hold its lock and /reload would time out. Fail fast and
-        # let the next poll try again (an explicit environment setting still wins).
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        self.settings = s = get_settings()
-        self.store = get_store(s)
-        self.checkpointer = checkpoint_in_background(self.store)
-        self.bento = running_bento()
-        pinned = None if self.bento is None else model_version_of(self.bento)
-        self.watcher = ChampionWatcher(s.tracking_uri, s.model_name, s.model_poll_seconds, pinned)
-        # `make up` before the first deploy: the source tree holds the port, serving nothing,
-        # until the deploy rolls the first Bento in.
-        self.awaiting_deploy = self.bento is None and s.serving_await_deploy
-        if not self.awaiting_deploy:
-            self.watcher.start()
-        # The challenger is loaded (and smoke-tested) off the request path exactly like the
-        # champion; it is dropped when its alias goes away (shipped or killed).
-        self.challenger: AliasWatcher | None = None
-        if s.experiment_mode != "off":
-            self.challenger = AliasWatcher(
-                s.tracking_uri,
-                s.model_name,
-                s.model_poll_seconds,
-                CHALLENGER_ALIAS,
-                keep_when_missing=False,
-            )
-            self.challenger.start()
-        self.reloads = ReloadBroadcast(
-            s.home / "serving" / "workers", self._check_aliases, bento=self.bento
-        )
-        self.reloads.start(self._serving_version())
-        self.card_locks = card_locks(s)
-        self.prediction_log = PredictionLog(
-            self.settings.predictions_dir, self.settings.prediction_log_flush_seconds
-        )
-        self.batcher: NaturalBatcher[ScoreJob, list[Score] | Refused] = NaturalBatcher(
-            self.score_jobs
-        )
+    The service builds it from the real collaborators and owns their lifecycle (it starts,
+    checks and stops the watchers, closes the log); a test passes stand-ins to the same
+    constructor. ``watcher`` and ``challenger`` are read for ``current``, ``registry_status``
+    and ``last_error``; ``prediction_log`` for ``append``; ``challenger`` is None when no
+    experiment runs."""
 
-    def __is_ready__(self) -> bool:
-        # Ready as soon as a champion is loaded; a registry outage later keeps it serving
-        # and ready (model_info then reports status "degraded", registry "unreachable").
-        return self.watcher.current is not None
-
-    def _check_aliases(self) -> str | None:
-        if not self.awaiting_deploy:
-            self.watcher.check()
-        if self.challenger is not None:
-            self.challenger.check()
-        return self._serving_version()
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: FeatureStore,
+        watcher: AliasWatcher,
+        challenger: AliasWatcher | None,
+        prediction_log: PredictionLog,
+        card_locks: CardLocks,
+        bento: str | None,
+        awaiting_deploy: bool,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.watcher = watcher
+        self.challenger = challenger
+        self.prediction_log = prediction_log
+        self.card_locks = card_locks
+        self.bento = bento  # the Bento this worker runs; None from the source tree
+        self.awaiting_deploy = awaiting_deploy
 
     def _not_ready(self) -> str:
         if self.awaiting_deploy:
             return "no Bento is deployed yet: the deploy_model DAG rolls the first one in"
         return "no champion model is loaded yet"
-
-    def _serving_version(self) -> str | None:
-        model = self.watcher.current
-        return None if model is None else model.version
-
-    @bentoml.on_startup
-    async def _drain_on_signal(self) -> None:
-        drain_on_signal()  # a roll drains this worker before stopping it (serving/drain.py)
-
-    @bentoml.on_shutdown
-    def _flush_log(self) -> None:
-        self.reloads.stop()
-        self.prediction_log.close()
-        if self.checkpointer is not None:
-            self.checkpointer.stop()
-        self.watcher.stop()
-        if self.challenger is not None:
-            self.challenger.stop()
-
-    @bentoml.api
-    async def score(self, transactions: Batch, explain: bool = False) -> list[Score]:
-        """Score transactions: probability, decision, model version, feature freshness.
-
-        Every scored payment updates its card's online state before the response returns
-        (``serving/stream.py``): the card's next payment reads it. A payment older than
-        ``FRAUD_SERVING_MAX_PAYMENT_AGE_DAYS`` is refused (400): the online state holds the
-        card as it is now, not as it was then. Requests that arrive together are scored
-        together (``serving/batching.py``).
-        """
-        refuse_old_payments(
-            transactions, dt.timedelta(days=self.settings.serving_max_payment_age_days)
-        )
-        state = REQUEST.get()
-        arrived = state.arrived if state is not None else time.monotonic()
-        result = await self.batcher.submit(ScoreJob(transactions, explain, arrived))
-        if isinstance(result, Refused):
-            raise ServiceUnavailable(refusal(result.message))
-        return result
 
     def score_jobs(self, jobs: list[ScoreJob]) -> list[list[Score] | Refused]:
         """Score the payments of ``jobs`` as one batch; log them; one result per job."""
@@ -338,14 +274,9 @@ class FraudScoringService:
                 results[i] = (score, row)
         return results, states  # type: ignore[return-value]
 
-    @bentoml.api
     def model_info(self) -> ModelInfo:
-        """The model serving right now: version, alias, metrics, feature service, window."""
-        return self._model_info()
-
-    def _model_info(self) -> ModelInfo:
-        # Not an API method: BentoML routes a call between API methods through its own
-        # dispatch, which blocks a sync endpoint calling another one until it times out.
+        """What ``POST /model_info`` answers: the models serving right now, the registry's
+        state, the experiment."""
         model = self.watcher.current
         if model is None:
             raise ServiceUnavailable(refusal(self._not_ready()))
@@ -372,6 +303,120 @@ class FraudScoringService:
             challenger_last_error=None if self.challenger is None else self.challenger.last_error,
         )
 
+
+@bentoml.service(name=BENTO_NAME, traffic={"timeout": 30}, workers=_settings.serving_workers)
+class FraudScoringService:
+    def __init__(self) -> None:
+        from pipelines.featurestore.online import checkpoint_in_background
+        from pipelines.featurestore.store import get_store
+        from serving.model import AliasWatcher, ChampionWatcher
+        from serving.prediction_log import PredictionLog
+        from serving.stream import card_locks
+
+        # MLflow retries an unreachable server for minutes by default (7 retries, 120 s
+        # timeout): the watcher would hold its lock and /reload would time out. Fail fast and
+        # let the next poll try again (an explicit environment setting still wins).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        self.settings = s = get_settings()
+        store = get_store(s)
+        self.checkpointer = checkpoint_in_background(store)
+        bento = running_bento()
+        pinned = None if bento is None else model_version_of(bento)
+        self.watcher = ChampionWatcher(s.tracking_uri, s.model_name, s.model_poll_seconds, pinned)
+        # `make up` before the first deploy: the source tree holds the port, serving nothing,
+        # until the deploy rolls the first Bento in.
+        self.awaiting_deploy = bento is None and s.serving_await_deploy
+        if not self.awaiting_deploy:
+            self.watcher.start()
+        # The challenger is loaded (and smoke-tested) off the request path exactly like the
+        # champion; it is dropped when its alias goes away (shipped or killed).
+        self.challenger: AliasWatcher | None = None
+        if s.experiment_mode != "off":
+            self.challenger = AliasWatcher(
+                s.tracking_uri,
+                s.model_name,
+                s.model_poll_seconds,
+                CHALLENGER_ALIAS,
+                keep_when_missing=False,
+            )
+            self.challenger.start()
+        self.reloads = ReloadBroadcast(
+            s.home / "serving" / "workers", self._check_aliases, bento=bento
+        )
+        self.reloads.start(self._serving_version())
+        locks = card_locks(s)
+        self.prediction_log = PredictionLog(s.predictions_dir, s.prediction_log_flush_seconds)
+        self.scorer = Scorer(
+            s,
+            store=store,
+            watcher=self.watcher,
+            challenger=self.challenger,
+            prediction_log=self.prediction_log,
+            card_locks=locks,
+            bento=bento,
+            awaiting_deploy=self.awaiting_deploy,
+        )
+        self.batcher: NaturalBatcher[ScoreJob, list[Score] | Refused] = NaturalBatcher(
+            self.scorer.score_jobs
+        )
+
+    def __is_ready__(self) -> bool:
+        # Ready as soon as a champion is loaded; a registry outage later keeps it serving
+        # and ready (model_info then reports status "degraded", registry "unreachable").
+        return self.watcher.current is not None
+
+    def _check_aliases(self) -> str | None:
+        if not self.awaiting_deploy:
+            self.watcher.check()
+        if self.challenger is not None:
+            self.challenger.check()
+        return self._serving_version()
+
+    def _serving_version(self) -> str | None:
+        model = self.watcher.current
+        return None if model is None else model.version
+
+    @bentoml.on_startup
+    async def _drain_on_signal(self) -> None:
+        drain_on_signal()  # a roll drains this worker before stopping it (serving/drain.py)
+
+    @bentoml.on_shutdown
+    def _flush_log(self) -> None:
+        self.reloads.stop()
+        self.prediction_log.close()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+        self.watcher.stop()
+        if self.challenger is not None:
+            self.challenger.stop()
+
+    @bentoml.api
+    async def score(self, transactions: Batch, explain: bool = False) -> list[Score]:
+        """Score transactions: probability, decision, model version, feature freshness.
+
+        Every scored payment updates its card's online state before the response returns
+        (``serving/stream.py``): the card's next payment reads it. A payment older than
+        ``FRAUD_SERVING_MAX_PAYMENT_AGE_DAYS`` is refused (400): the online state holds the
+        card as it is now, not as it was then. Requests that arrive together are scored
+        together (``serving/batching.py``).
+        """
+        refuse_old_payments(
+            transactions, dt.timedelta(days=self.settings.serving_max_payment_age_days)
+        )
+        state = REQUEST.get()
+        arrived = state.arrived if state is not None else time.monotonic()
+        result = await self.batcher.submit(ScoreJob(transactions, explain, arrived))
+        if isinstance(result, Refused):
+            raise ServiceUnavailable(refusal(result.message))
+        return result
+
+    @bentoml.api
+    def model_info(self) -> ModelInfo:
+        """The model serving right now: version, alias, metrics, feature service, window."""
+        return self.scorer.model_info()
+
     @bentoml.api
     def reload(self) -> ModelInfo:
         """Check the aliases now (instead of at the next poll) and swap what moved, in every
@@ -379,7 +424,9 @@ class FraudScoringService:
         Bento's champion is pinned: there only the challenger can move."""
         self._check_aliases()
         followed = self.reloads.request(timeout=RELOAD_WAIT_SECONDS)
-        info = self._model_info()
+        # Not the model_info API method: BentoML routes a call between API methods through its
+        # own dispatch, which blocks a sync endpoint calling another one until it times out.
+        info = self.scorer.model_info()
         info.workers = {str(pid): version for pid, version in sorted(followed.items())}
         return info
 

@@ -1,7 +1,8 @@
 """The service's scoring path under each experiment mode, with stand-in features and models.
 
-The service object is the real one (its ``score`` method, decisions, response and log rows);
-only the Feast lookup, the registry watchers and the log writer are replaced.
+The scorer is the service's own (``serving.service.Scorer``: its batch path, decisions,
+responses and log rows), built through its constructor; only the Feast lookup, the registry
+watchers and the log writer passed to it are stand-ins.
 """
 
 from __future__ import annotations
@@ -82,32 +83,44 @@ def _transactions(n: int = 200) -> list[Transaction]:
     ]
 
 
+def _following(model: LoadedModel | None) -> SimpleNamespace:
+    """A stand-in registry watcher holding ``model``, with the registry reachable."""
+    return SimpleNamespace(current=model, registry_status="ok", last_error=None)
+
+
 @pytest.fixture
 def service(make_settings, monkeypatch):
+    """Builds the service's scorer (what ``POST /score`` and ``/model_info`` run) through its
+    constructor, from the stand-ins."""
     import serving.features
-    from serving.service import FraudScoringService
+    from serving.service import Scorer
+    from serving.stream import card_locks
 
     monkeypatch.setattr(serving.features, "fetch", _fetch)
 
-    def build(mode: str, challenger: LoadedModel | None = CHALLENGER, share: float = 0.5):
-        svc = object.__new__(FraudScoringService.inner)
+    def build(
+        mode: str,
+        challenger: LoadedModel | None = CHALLENGER,
+        share: float = 0.5,
+        champion: LoadedModel | None = CHAMPION,
+    ):
         # The write-through needs a real online store: tests/e2e/test_streaming.py covers it.
-        svc.settings = make_settings(
+        settings = make_settings(
             experiment_mode=mode,
             experiment_treatment_share=share,
             serving_stream_features=False,
             serving_max_payment_age_days=36500,  # the payments are from 2024
         )
-        svc.store = None
-        svc.bento, svc.awaiting_deploy = None, False  # the source tree
-        svc.watcher = SimpleNamespace(current=CHAMPION, registry_status="ok", last_error=None)
-        svc.challenger = (
-            None
-            if mode == "off"
-            else SimpleNamespace(current=challenger, registry_status="ok", last_error=None)
+        return Scorer(
+            settings,
+            store=None,
+            watcher=_following(champion),
+            challenger=None if mode == "off" else _following(challenger),
+            prediction_log=ListLog(),
+            card_locks=card_locks(settings),
+            bento=None,  # the source tree
+            awaiting_deploy=False,
         )
-        svc.prediction_log = ListLog()
-        return svc
 
     return build
 
@@ -206,19 +219,18 @@ def test_ab_challenger_failure_falls_back_to_the_champion_and_is_logged(service)
 
 def test_model_info_shows_the_experiment_and_degraded_registry(service):
     svc = service("shadow")
-    info = svc._model_info()
+    info = svc.model_info()
     assert (info.experiment_mode, info.challenger_version, info.status) == ("shadow", "2", "ok")
-    svc.challenger.registry_status = "unreachable"
-    info = svc._model_info()
+    svc.challenger.registry_status = "unreachable"  # what the watcher's poll does on an outage
+    info = svc.model_info()
     assert (info.status, info.registry_status) == ("degraded", "unreachable")
 
 
 def test_requests_batched_together_get_their_own_scores_and_explanations(service):
     from serving.service import ScoreJob
 
-    svc = service("off")
     # Explanations occlude inputs with their training baseline.
-    svc.watcher.current = dataclasses.replace(CHAMPION, baseline={"tx_amount": 500.0})
+    svc = service("off", champion=dataclasses.replace(CHAMPION, baseline={"tx_amount": 500.0}))
     txs = _transactions(6)
     now = time.monotonic()
     jobs = [
@@ -257,7 +269,6 @@ def test_a_batch_refuses_what_waited_too_long_and_scores_the_rest(service):
 def test_without_a_champion_every_request_of_the_batch_is_refused(service):
     from serving.service import Refused, ScoreJob
 
-    svc = service("off")
-    svc.watcher.current = None
+    svc = service("off", champion=None)
     results = svc.score_jobs([ScoreJob(_transactions(1), False, time.monotonic())])
     assert [type(r) for r in results] == [Refused] and svc.prediction_log.rows == []
