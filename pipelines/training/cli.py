@@ -96,7 +96,7 @@ def train_tune_worker(
 ) -> None:
     """One worker of a parallel search: trials of the dataset's study, shared with the other
     workers through FRAUD_OPTUNA_STORAGE (run it on as many processes or hosts as wanted)."""
-    from pipelines.training.tune import run_worker
+    from pipelines.training.tune_workers import run_worker
 
     ran = run_worker(
         get_settings(),

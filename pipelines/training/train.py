@@ -16,7 +16,7 @@ the search, each trained with ``SEEDS_PER_TRIAL`` seeds; probabilities are avera
 trials average out the variance of a network trained on ~600 frauds.
 
 Scale-out (default off): ``tune_model(workers=N)`` runs the search in N worker processes
-sharing the study storage (``tune``); ``train_final(processes=N)`` trains the ensemble under
+sharing the study storage (``tune_workers``); ``train_final(processes=N)`` trains the ensemble under
 ``torchrun`` with DistributedDataParallel on N local ranks (``distributed``).
 """
 
@@ -150,12 +150,12 @@ def tune_model(
 ) -> steps.Tuning:
     """Run or resume the Optuna study; writes ``tuning.json`` (the chosen configurations).
     ``workers > 1``: the trials run in that many processes sharing the study storage."""
-    from pipelines.training import dataset, tune
+    from pipelines.training import dataset, tune, tune_workers
     from pipelines.training.artifacts import plot_search_history
 
     workdir = Path(workdir)
     data = dataset.load(workdir / "data")
-    result = tune.run_study(
+    result = tune_workers.run_study(
         settings,
         data,
         n_trials=n_trials,

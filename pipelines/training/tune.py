@@ -1,17 +1,15 @@
 """Hyperparameter search: Optuna TPE + median pruning on per-epoch validation AP.
 
 The study is persistent (``settings.study_storage``) and named after the model and the data
-windows, so calling ``run_study`` again for the same windows resumes it: the trial budget is
-the study's total of finished trials, not a per-call count, and the sampler is seeded with the
-number of trials already in the study so a resumed search does not replay the first draws.
+windows, so a search (``tune_workers.run_study``) for the same windows resumes it: the trial
+budget is the study's total of finished trials, not a per-call count, and the sampler is
+seeded with the number of trials already in the study so a resumed search does not replay the
+first draws.
 A trial left RUNNING by a killed process is failed by its missed heartbeats and retried once.
 
-Scale-out: with ``workers > 1`` the study runs in that many worker processes
-(``python -m pipelines train tune-worker``, one per worker, each optimizing its share of the
-remaining trials) sharing the study through its storage. Use a server database
-(``FRAUD_OPTUNA_STORAGE=postgresql+psycopg2://...``): the workers may as well run on other
-machines with the same command. Each worker seeds its sampler differently and TPE runs with
-the "constant liar" so that concurrent workers do not draw the same configuration.
+Scale-out (worker processes sharing the study through its storage) is ``tune_workers``: it
+opens each worker's study with ``open_study(worker=...)``, whose sampler is seeded apart from
+the other workers' and runs TPE with the "constant liar".
 
 Each trial trains on the model-selection split (``validation_train`` -> ``validation``) and is
 an MLflow child run of the training run (params, per-epoch curves, outcome).
@@ -22,8 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +53,6 @@ SEARCH_SPACE = "space1"
 # Trial outcomes that count against the budget (a FAILed trial is retried, not counted).
 _FINISHED = ("COMPLETE", "PRUNED")
 WORKER_SEED_STRIDE = 100_003
-WORKER_LOG_DIR = "tuning_workers"
 
 
 @dataclass(frozen=True)
@@ -255,7 +250,7 @@ def _objective(
     return objective
 
 
-def _optimize(
+def optimize(
     settings: Settings,
     data: ProtocolData,
     study: optuna.Study,
@@ -284,145 +279,31 @@ def _optimize(
     return ran
 
 
-def worker_shares(remaining: int, workers: int) -> list[int]:
-    """Split ``remaining`` trials over at most ``workers`` workers (no worker gets zero):
-    the study ends with exactly the requested count unless trials fail."""
-    count = max(1, min(workers, remaining))
-    return [remaining // count + (1 if i < remaining % count else 0) for i in range(count)]
+@dataclass
+class StudyCall:
+    """One call of the search (``tune_workers.run_study``): the study it resumes, what is left
+    of its budget and what the study held when the call started."""
+
+    name: str
+    study: optuna.Study
+    remaining: int  # finished trials the budget still asks for (<= 0: none to run)
+    timeout: float | None
+    trials_before: int
+    started: float
 
 
-def run_worker(
-    settings: Settings,
-    data_folder: Path,
-    *,
-    n_trials: int,
-    worker: int,
-    timeout_seconds: float | None = None,
-    parent_run_id: str | None = None,
-) -> int:
-    """One worker of a parallel search (``python -m pipelines train tune-worker``): run
-    ``n_trials`` trials of the study of the dataset in ``data_folder``, sharing the study with
-    the other workers through ``settings.study_storage``. Returns the trials it ran."""
-    import optuna
-
-    from pipelines.training import dataset
-
-    configure_threads(settings.torch_threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data = dataset.load(Path(data_folder))
-    study = open_study(settings, study_name(settings, data), worker=worker)
-    ran = _optimize(
-        settings,
-        data,
-        study,
-        n_trials=n_trials,
-        timeout=timeout_seconds,
-        parent_run_id=parent_run_id,
-    )
-    log.info("worker %d (pid %d): %d trials", worker, os.getpid(), ran)
-    return ran
-
-
-def _worker_environment(settings: Settings, threads: int) -> dict[str, str]:
-    """The worker's settings as FRAUD_* variables: what it must share with this process (the
-    same study, MLflow experiment and epochs), whatever the settings were built from."""
-    env = dict(os.environ)
-    env |= {
-        "FRAUD_HOME": str(settings.home),
-        "FRAUD_OPTUNA_STORAGE": settings.study_storage,
-        "FRAUD_MLFLOW_TRACKING_URI": settings.tracking_uri,
-        "FRAUD_MLFLOW_EXPERIMENT": settings.mlflow_experiment,
-        "FRAUD_MODEL_NAME": settings.model_name,
-        "FRAUD_MAX_EPOCHS": str(settings.max_epochs),
-        "FRAUD_TORCH_THREADS": str(threads),
-        # One BLAS/OpenMP pool per core: more threads than cores only contend.
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-    }
-    return env
-
-
-def run_worker_processes(
-    settings: Settings,
-    data_folder: Path,
-    shares: Sequence[int],
-    *,
-    timeout_seconds: float | None = None,
-    parent_run_id: str | None = None,
-    log_dir: Path | None = None,
-) -> None:
-    """Start one ``tune-worker`` process per share, wait for all; raise if any failed (with
-    the tail of its log). The workers are stopped if this process is interrupted."""
-    if settings.study_storage.startswith("sqlite"):
-        log.warning(
-            "parallel search on SQLite storage: concurrent writers may hit 'database is "
-            "locked'; use a server database (FRAUD_OPTUNA_STORAGE=postgresql+psycopg2://...)"
-        )
-    log_dir = Path(log_dir or Path(data_folder).parent / WORKER_LOG_DIR)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    threads = max(1, settings.torch_threads // len(shares))
-    env = _worker_environment(settings, threads)
-    processes: list[tuple[int, subprocess.Popen, Path]] = []
-    try:
-        for worker, share in enumerate(shares):
-            command = [
-                sys.executable, "-m", "pipelines", "train", "tune-worker",
-                "--data", str(data_folder),
-                "--trials", str(share),
-                "--worker", str(worker),
-            ]  # fmt: skip
-            if timeout_seconds is not None:
-                command += ["--timeout", str(int(timeout_seconds))]
-            if parent_run_id is not None:
-                command += ["--parent-run-id", parent_run_id]
-            path = log_dir / f"worker-{worker}.log"
-            with path.open("a") as out:  # a resumed search appends to the same log
-                process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-            processes.append((worker, process, path))
-        failed = []
-        for worker, process, path in processes:
-            if process.wait() != 0:
-                failed.append(f"worker {worker} exited {process.returncode}:\n{_tail(path)}")
-        if failed:
-            raise RuntimeError("parallel search failed: " + "\n".join(failed))
-    finally:
-        for _, process, _ in processes:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def run_study(
+def start_call(
     settings: Settings,
     data: ProtocolData,
     *,
     n_trials: int | None = None,
     timeout_seconds: float | None = None,
-    parent_run_id: str | None = None,
-    top_k: int = 1,
-    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
-    workers: int = 1,
-    data_folder: Path | None = None,
-) -> TuningResult:
-    """Run (or resume) the study of ``data``'s windows until it has ``n_trials`` finished
-    trials (default ``settings.tuning_trials``) or ``timeout_seconds`` pass (default
-    ``settings.tuning_timeout_seconds``). Returns the best ``top_k`` completed trials.
-
-    ``workers > 1`` runs the remaining trials in that many worker processes, which read the
-    dataset ``data`` was saved to (``data_folder``); ``callbacks`` run in-process only."""
+) -> StudyCall:
+    """Open (or resume) the study of ``data``'s windows for a call whose budget is ``n_trials``
+    finished trials (default ``settings.tuning_trials``) within ``timeout_seconds`` (default
+    ``settings.tuning_timeout_seconds``)."""
     import optuna
 
-    if workers > 1 and data_folder is None:
-        raise ValueError("a parallel search needs data_folder: the workers load the dataset")
-    if workers > 1 and callbacks:
-        raise ValueError("callbacks cannot run in worker processes: use workers=1")
     configure_threads(settings.torch_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     target = n_trials if n_trials is not None else settings.tuning_trials
@@ -433,41 +314,30 @@ def run_study(
 
     remaining = target - len(finished_trials(study))
     before = len(study.trials)
-    if remaining > 0 and workers > 1:
-        run_worker_processes(
-            settings,
-            Path(data_folder),  # type: ignore[arg-type]  # checked above
-            worker_shares(remaining, workers),
-            timeout_seconds=timeout,
-            parent_run_id=parent_run_id,
-        )
-        study = open_study(settings, name)  # sees the workers' trials
-    elif remaining > 0:
-        _optimize(
-            settings,
-            data,
-            study,
-            n_trials=remaining,
-            timeout=timeout,
-            parent_run_id=parent_run_id,
-            callbacks=callbacks,
-        )
-    ran = len(study.trials) - before
+    return StudyCall(name, study, remaining, timeout, before, started)
+
+
+def finish_call(
+    call: StudyCall, study: optuna.Study, *, top_k: int = 1, workers: int = 1
+) -> TuningResult:
+    """The call's outcome from ``study`` as it stands after the call's trials (reopened if
+    other processes ran them): the best ``top_k`` completed trials. ``workers`` is logged."""
+    ran = len(study.trials) - call.trials_before
     ranked = ranked_trials(study)
     if not ranked:
-        raise RuntimeError(f"study {name} has no completed trial")
+        raise RuntimeError(f"study {call.name} has no completed trial")
     result = TuningResult(
-        study_name=name,
+        study_name=call.name,
         finished_trials=len(finished_trials(study)),
         trials_this_call=ran,
         best=ranked[0],
         top=ranked[:top_k],
-        seconds=time.monotonic() - started,
+        seconds=time.monotonic() - call.started,
     )
     log.info(
         "study %s: %d finished trials (%d this call, %d worker(s)), best validation AP %.4f "
         "(trial %d)",
-        name,
+        call.name,
         result.finished_trials,
         ran,
         workers,

@@ -222,7 +222,7 @@ def test_ddp_without_dropout_reproduces_single_process_training(world, search, t
 
 
 def test_worker_shares_add_up_to_the_remaining_trials():
-    from pipelines.training.tune import worker_shares
+    from pipelines.training.tune_workers import worker_shares
 
     assert worker_shares(8, 2) == [4, 4]
     assert worker_shares(5, 2) == [3, 2]
