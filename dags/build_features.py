@@ -61,8 +61,7 @@ def build_features():
 
         result = run_feature_job(get_settings())
         return {
-            "customer_rows": result.customer_rows,
-            "terminal_rows": result.terminal_rows,
+            "rows": {name: table.rows for name, table in result.tables.items()},
             "seconds": round(result.wall_seconds, 1),
         }
 

@@ -221,10 +221,8 @@ def features_spark() -> None:
 
     with console.status("spark-submit feature job…"):
         r = run_feature_job(get_settings())
-    console.print(
-        f"spark: {r.input_rows:,} transactions -> {r.customer_rows:,} customer and "
-        f"{r.terminal_rows:,} terminal rows in {r.wall_seconds:.1f}s"
-    )
+    tables = ", ".join(f"{name} {table.rows:,}" for name, table in r.tables.items())
+    console.print(f"spark: {r.input_rows:,} transactions -> {tables} rows in {r.wall_seconds:.1f}s")
 
 
 @features_app.command("apply")

@@ -5,110 +5,9 @@ Run it with ``spark-submit pipelines/features/job.py --marts-dir M --features-di
 to a cluster, so it imports nothing from the ``pipelines`` package (stdlib and pyspark only);
 ``pipelines.features.runner`` launches it from Python.
 
-Input: every ``*.parquet`` file under ``<marts-dir>/fct_transactions/`` (recursively; hidden
-``.``/``_`` files are skipped, so a writer's hidden temporary files are never read). One row
-per transaction. Rows missing a key (transaction_id, tx_datetime, customer_id, terminal_id,
-tx_amount) are dropped and counted in the result (dbt-duckdb exports an empty model as one
-all-NULL row); a duplicated ``transaction_id`` fails the job rather than double-count windows.
-
-Time conventions
-----------------
-* ``t`` is the transaction's ``tx_datetime`` (UTC) and is also the rows' ``event_timestamp``.
-* Windows are measured on whole seconds, ``T = unix_seconds(t)`` (sub-second digits are
-  truncated). "(t - n days, t]" means every transaction of the same key with
-  ``T - n*86400 < T' <= T``: the current transaction and every other one in the same second
-  are included, one exactly n days older is not (the handbook's pandas ``rolling('nd')`` is
-  right-closed, left-open the same way).
-* D = ``--label-delay-days`` (handbook: 7).
-* A label is *known at t* when ``tx_fraud`` and ``label_available_at`` are both present and
-  ``label_available_at <= t`` (full timestamp precision). NULL means "not arrived yet", which
-  is later than every ``t`` in the data.
-
-Features (``customer_features/``, one row per transaction)
-----------------------------------------------------------
-* ``customer_nb_tx_{n}d`` (n = 1, 7, 30): number of the customer's transactions in
-  (t - n days, t].
-* ``customer_avg_amount_{n}d``: mean ``tx_amount`` of those transactions (never NULL: the
-  current one is always in).
-* ``customer_nb_tx_1h``: number of the customer's transactions in (t - 3600 s, t]
-  (card-testing bursts show up here long before they move the daily counts).
-* ``customer_amount_ratio_30d``: ``tx_amount`` / mean amount of the customer's *other*
-  transactions in (t - 30 days, t]; 1.0 when there is none or that mean is not positive (a new
-  customer's first payment is not "unusually large" by construction).
-* ``customer_seconds_since_prev_tx``: seconds (fractional if timestamps carry them) since the
-  customer's previous transaction, ordered by (tx_datetime, transaction_id), looking back over
-  the whole input; NULL for the customer's first transaction in the input (impute downstream;
-  a sentinel would pretend to be a measured gap).
-* ``customer_terminal_is_new``: 1 if the customer made no other transaction at this terminal
-  in (t - 30 days, t], else 0. Same-second transactions count as "before", as in all windows.
-* ``customer_recent_tx_id``, ``customer_recent_tx_unix``, ``customer_recent_tx_amount``: the
-  customer's transactions up to and including t (every one at the same microsecond too) whose
-  whole second lies in (t - 30 days, t], as three aligned arrays in time order (ties in no
-  particular order). The feature store's on-demand view computes the windows at the scored
-  instant from them, offline and online alike.
-
-Features (``terminal_features/``, one row per transaction)
-----------------------------------------------------------
-For n = 1, 7, 30 the window is (t - (n + D) days, t - D days] on the transaction's terminal
-(the current transaction is inside it only when D = 0):
-
-* ``terminal_nb_tx_{n}d``: number of transactions in that window (all of them: a transaction
-  count needs no label).
-* ``terminal_risk_{n}d``: (frauds in the window whose label is known at t) / (transactions in
-  the window whose label is known at t); 0.0 when no label in the window is known.
-
-Features (``terminal_label_features/``, one row per terminal and label arrival)
----------------------------------------------------------------------------------
-A label changes what is known about a terminal when it *arrives*, not when the terminal is
-next paid: these rows are stamped with ``label_available_at``, so a point-in-time join at t sees
-every label known at t (the transaction-stamped rows above would only show the labels that had
-arrived by the terminal's previous payment, a day staler on average). Of the terminal's labels
-known then, ordered by arrival (``label_available_at``, then ``transaction_id``):
-
-* ``terminal_last_label_fraud``: whether the latest is a fraud;
-* ``terminal_last3_labels_fraud_share``: the share of frauds among the latest three (fewer if
-  fewer have arrived);
-* ``terminal_fraud_streak_start_unix``: when the latest is a fraud, the transaction time (unix
-  seconds) of the earliest fraud among the labels that arrived since the latest genuine one,
-  i.e. since when the terminal has been defrauded as far as anyone knows; NULL otherwise. The
-  feature store turns it into the streak's age at the scored transaction.
-
-A compromised terminal turns every payment into a fraud, so its newest labels are all frauds as
-soon as the first arrives, while a terminal where one card happened to be defrauded shows one
-fraud among genuine labels: a rate over a window mixes the two, the newest labels do not. And a
-compromise ends: its fraud labels keep arriving for a label delay after it is over, when the
-streak's age is what tells an old compromise from a live one.
-
-Why the risk's denominator is the *labelled* transactions only: strict point-in-time means a
-fraud counts only if its label had arrived by t, and a transaction whose label is still pending
-is not known to be genuine either. With the simulator's labels (each arrives exactly D days after
-its transaction, the handbook's rule) every label in the window has arrived and this is the
-handbook's risk exactly. Labels that come later than D days (a landing zone's late chargebacks)
-would otherwise be counted as "genuine" and drag the risk down; dividing by the labelled ones
-keeps the risk an estimate of the terminal's fraud rate, at the cost of more variance when few
-labels are in (then ``terminal_nb_tx_{n}d`` tells the model how much data sits behind the
-window).
-
-How the label condition is computed: a window function cannot say "label known at *this* row's
-t", because that is a second condition besides the window range. So the labelled and fraud
-counts come from range windows over all labelled transactions, and the transactions whose label
-was still pending at t (``label_available_at > t``) are subtracted; those are found by an
-equi-join on (terminal, day bucket of t) against each labelled transaction exploded over the
-days during which it sits in some window of a target but its label is pending (one bucket per
-transaction whose label comes within a day of the delay), then filtered exactly.
-
-Output: ``<features-dir>/customer_features/``, ``terminal_features/``,
-``terminal_label_features/`` and ``customer_terminal_features/`` (Parquet, timestamps as
-TIMESTAMP_MICROS UTC), overwritten as a set. All are written into a hidden
-``<features-dir>/.staging-<run>/`` folder and renamed into place only after every write
-succeeded, so a failed run leaves the previous tables (or none) visible, never half-written
-ones. The swap itself is two renames per table, not one atomic step: a reader can find a table
-missing for that instant, and a crash between two tables' swaps would leave a new customer
-table beside an old terminal table. The next run deletes any ``.staging-*``/``.replaced-*``
-leftovers, so concurrent runs against one features dir are not supported (the DAG runs one at
-a time).
-
-On success the last stdout line is ``FEATURE_JOB_RESULT {json}`` (paths, row counts).
+It writes four tables (``*_TABLE`` below). What each feature means exactly (windows, label
+delay, point-in-time rules, input and output contract) is specified in
+docs/data-and-features.md#feature-specification.
 """
 
 from __future__ import annotations
@@ -139,6 +38,8 @@ CUSTOMER_TABLE = "customer_features"
 TERMINAL_TABLE = "terminal_features"
 TERMINAL_LABEL_TABLE = "terminal_label_features"
 CUSTOMER_TERMINAL_TABLE = "customer_terminal_features"
+# On success the last stdout line is "FEATURE_JOB_RESULT {json}": every table written, with
+# its path and row count (``run``), which the runner parses.
 RESULT_MARKER = "FEATURE_JOB_RESULT"
 
 # Input contract: column -> Spark SQL type it is cast to (casts also absorb harmless writer
@@ -216,6 +117,7 @@ def read_transactions(spark: SparkSession, marts_dir: str) -> DataFrame:
     fs, jpath = _hadoop_fs(spark, source)
     if not fs.exists(jpath):
         raise InputError(f"input dataset not found: {source}")
+    # Spark skips hidden "."/"_" files, so a writer's hidden temporary files are never read.
     frame = (
         spark.read.option("recursiveFileLookup", "true")
         .option("pathGlobFilter", "*.parquet")
@@ -412,8 +314,9 @@ def _pending_label_counts(tx: DataFrame, delay_days: int) -> DataFrame:
 
 def build_terminal_labels(tx: DataFrame) -> DataFrame:
     """One row per (terminal, label arrival instant): the terminal's newest known labels after
-    that arrival (see the module docstring). When several labels of a terminal arrive at the
-    same microsecond, the row holds the state after the last of them (by transaction id)."""
+    that arrival (docs/data-and-features.md#feature-specification). When several labels of a
+    terminal arrive at the same microsecond, the row holds the state after the last of them (by
+    transaction id)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -487,6 +390,14 @@ def build_terminal_features(tx: DataFrame, delay_days: int) -> DataFrame:
             .withColumn(f"fraud_{n}d", F.coalesce(F.sum("labelled_fraud").over(w), F.lit(0)))
         )
 
+    # A window function cannot say "label known at *this* row's t", because that is a second
+    # condition besides the window range. So the labelled and fraud counts above come from
+    # range windows over all labelled transactions, and the transactions whose label was
+    # still pending at t (label_available_at > t) are subtracted; those are found by an
+    # equi-join on (terminal, day bucket of t) against each labelled transaction exploded over
+    # the days during which it sits in some window of a target but its label is pending (one
+    # bucket per transaction whose label comes within a day of the delay), then filtered
+    # exactly (``_pending_label_counts``).
     pending = _pending_label_counts(tx, delay_days)
     joined = windowed.join(pending, "transaction_id", "left")
     risks = {}
@@ -527,9 +438,13 @@ def write_tables(spark: SparkSession, tables: dict[str, DataFrame], features_dir
     """Write every table into a hidden staging folder, then rename all of them into place.
 
     Readers see the previous tables until the swap (two renames per table); nothing is swapped
-    unless every table was written completely. The staging folder is hidden (leading dot) so
-    that no reader globbing the features folder picks it up, while the tables inside keep
-    their plain names (Spark refuses to read a path whose own name is hidden).
+    unless every table was written completely. The swap is not one atomic step: a reader can
+    find a table missing for that instant, and a crash between two tables' swaps would leave a
+    new customer table beside an old terminal table. The next run deletes any leftovers, so
+    concurrent runs against one features dir are not supported (the DAG runs one at a time).
+    The staging folder is hidden (leading dot) so that no reader globbing the features folder
+    picks it up, while the tables inside keep their plain names (Spark refuses to read a path
+    whose own name is hidden).
     """
     base = features_dir.rstrip("/")
     run = uuid.uuid4().hex[:12]
@@ -588,7 +503,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(spark: SparkSession, marts_dir: str, features_dir: str, delay_days: int) -> dict:
-    """Compute and write both feature tables; returns a JSON-able summary."""
+    """Compute and write every feature table; returns a JSON-able summary (``tables``: each
+    table's path and row count, by name)."""
     started = time.monotonic()
     tx, counts = validate_transactions(read_transactions(spark, marts_dir))
     written = write_tables(

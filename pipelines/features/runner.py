@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from pipelines.features.job import CUSTOMER_TABLE, RESULT_MARKER, TERMINAL_TABLE
+from pipelines.features.job import RESULT_MARKER
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -39,11 +39,14 @@ _REASON_LINES = 12
 
 
 @dataclass(frozen=True)
+class FeatureTable:
+    path: Path
+    rows: int  # counted from the written files, i.e. what readers get
+
+
+@dataclass(frozen=True)
 class FeatureJobResult:
-    customer_features_path: Path
-    terminal_features_path: Path
-    customer_rows: int
-    terminal_rows: int
+    tables: dict[str, FeatureTable]  # every table the job wrote, by name (job.*_TABLE)
     input_rows: int  # rows read from fct_transactions
     dropped_rows: int  # of which dropped for a missing key (see job.validate_transactions)
     label_delay_days: int
@@ -186,12 +189,11 @@ def run_feature_job(
             f"--- output tail ---\n{_tail(stdout)}\n{_tail(stderr)}"
         )
     summary = _parse_result(stdout)
-    tables = summary["tables"]
     result = FeatureJobResult(
-        customer_features_path=Path(tables[CUSTOMER_TABLE]["path"]),
-        terminal_features_path=Path(tables[TERMINAL_TABLE]["path"]),
-        customer_rows=int(tables[CUSTOMER_TABLE]["rows"]),
-        terminal_rows=int(tables[TERMINAL_TABLE]["rows"]),
+        tables={
+            name: FeatureTable(path=Path(table["path"]), rows=int(table["rows"]))
+            for name, table in summary["tables"].items()
+        },
         input_rows=int(summary["input_rows"]),
         dropped_rows=int(summary["dropped_rows"]),
         label_delay_days=int(summary["label_delay_days"]),
@@ -200,9 +202,8 @@ def run_feature_job(
         log=stderr,
     )
     log.info(
-        "feature job wrote %d customer / %d terminal rows in %.1f s",
-        result.customer_rows,
-        result.terminal_rows,
+        "feature job wrote %s in %.1f s",
+        ", ".join(f"{name} ({table.rows:,} rows)" for name, table in result.tables.items()),
         result.wall_seconds,
     )
     return result

@@ -24,7 +24,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import Settings, load_settings
-from pipelines.features import FeatureJobResult, run_feature_job
+from pipelines.features import FeatureJobResult, FeatureTable, run_feature_job
+from pipelines.features.job import (
+    CUSTOMER_TABLE,
+    CUSTOMER_TERMINAL_TABLE,
+    TERMINAL_LABEL_TABLE,
+    TERMINAL_TABLE,
+)
 from pipelines.simulate import SimulationConfig, TransactionSimulator
 
 FIRST_DAY = dt.date(2018, 4, 1)
@@ -362,17 +368,17 @@ def _by_id(frame: pd.DataFrame) -> pd.DataFrame:
 
 def test_every_customer_feature_matches_the_oracle(job_run) -> None:
     _, mart, result = job_run
-    actual = recent_payments(_read(result.customer_features_path))
+    actual = recent_payments(_read(result.tables[CUSTOMER_TABLE].path))
     assert_matches_oracle(actual, oracle_customer_features(mart))
     # Time order within each state's arrays (ties aside), so a reader can trust the last.
-    unix = _read(result.customer_features_path)["customer_recent_tx_unix"]
+    unix = _read(result.tables[CUSTOMER_TABLE].path)["customer_recent_tx_unix"]
     assert all((np.diff(u) >= 0).all() for u in unix)
 
 
 def test_every_terminal_feature_matches_the_oracle(job_run) -> None:
     _, mart, result = job_run
     expected = oracle_terminal_features(mart, DELAY)
-    assert_matches_oracle(_read(result.terminal_features_path), expected)
+    assert_matches_oracle(_read(result.tables[TERMINAL_TABLE].path), expected)
     # The fixture must exercise the risk, including partly-labelled windows.
     assert (expected["terminal_risk_7d"] > 0).sum() > 1000
     assert ((expected["terminal_risk_1d"] > 0) & (expected["terminal_risk_1d"] < 1)).any()
@@ -411,19 +417,26 @@ def test_terminal_features_with_another_label_delay(job_run, tmp_path, monkeypat
     result = run_feature_job(settings, label_delay_days=0)
     assert result.label_delay_days == 0
     expected = oracle_terminal_features(mart, 0)
-    assert_matches_oracle(_read(result.terminal_features_path), expected)
+    assert_matches_oracle(_read(result.tables[TERMINAL_TABLE].path), expected)
     assert (expected["terminal_nb_tx_1d"] >= 1).all()  # the current transaction counts
 
 
 def test_tables_schema_paths_and_row_counts(job_run) -> None:
     settings, mart, result = job_run
-    assert result.customer_features_path == settings.features_dir / "customer_features"
-    assert result.terminal_features_path == settings.features_dir / "terminal_features"
+    # Every table the job wrote is reported, with its path and the row count on disk.
+    on_disk = {p.name: p for p in settings.features_dir.iterdir()}
+    written = {CUSTOMER_TABLE, TERMINAL_TABLE, TERMINAL_LABEL_TABLE, CUSTOMER_TERMINAL_TABLE}
+    assert set(result.tables) == set(on_disk) == written
+    for name, table in result.tables.items():
+        rows = pq.read_table(on_disk[name]).num_rows
+        assert table == FeatureTable(path=on_disk[name], rows=rows), name
     assert result.input_rows == len(mart) and result.dropped_rows == 0
-    assert result.customer_rows == result.terminal_rows == len(mart)
+    for name in (CUSTOMER_TABLE, TERMINAL_TABLE, CUSTOMER_TERMINAL_TABLE):
+        assert result.tables[name].rows == len(mart)  # one row per transaction
+    assert 0 < result.tables[TERMINAL_LABEL_TABLE].rows < len(mart)  # one per label arrival
     assert result.label_delay_days == DELAY
-    customers = pq.read_table(result.customer_features_path)
-    terminals = pq.read_table(result.terminal_features_path)
+    customers = pq.read_table(result.tables[CUSTOMER_TABLE].path)
+    terminals = pq.read_table(result.tables[TERMINAL_TABLE].path)
     # Names, order and types (nullability flags are Spark's inference, not part of the contract).
     assert [(f.name, f.type) for f in customers.schema] == [
         (f.name, f.type) for f in CUSTOMER_SCHEMA
@@ -457,7 +470,7 @@ def test_tables_schema_paths_and_row_counts(job_run) -> None:
 
 def test_a_label_arriving_after_t_is_not_used(job_run) -> None:
     _, _, result = job_run
-    terminal = _by_id(_read(result.terminal_features_path))
+    terminal = _by_id(_read(result.tables[TERMINAL_TABLE].path))
     # 2018-04-09 11:00: the 1-day window (04-01 11:00, 04-02 11:00] holds the fraud (label
     # arrives 04-10 12:00, later) and the genuine one (label known): 0 frauds out of 1 label.
     t1 = terminal.loc[HANDMADE_ID + 3]
@@ -475,7 +488,7 @@ def test_a_label_arriving_after_t_is_not_used(job_run) -> None:
 
 def test_window_bounds_and_same_second_transactions(job_run) -> None:
     _, _, result = job_run
-    customer = _by_id(_read(result.customer_features_path))
+    customer = _by_id(_read(result.tables[CUSTOMER_TABLE].path))
     first, one_second_later, peer_a, peer_b = (customer.loc[HANDMADE_ID + k] for k in (8, 9, 6, 7))
     # Exactly one day before is outside (t - 1 day, t]; the same second is inside.
     for peer in (peer_a, peer_b):
