@@ -16,15 +16,20 @@ import datetime as dt
 import time
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import httpx
 
 from pipelines.lake import utc_today
+from pipelines.platform.traffic import PaymentNetwork
+from pipelines.traffic import replay_day
+from pipelines.transform.dbt import mart_file
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pipelines.config import Settings
     from pipelines.traffic import ReplayReport
+
 
 DRIFT_SWITCHES = {
     "spending": "FRAUD_DRIFT_SPENDING_FROM",
@@ -36,9 +41,6 @@ UNKNOWN_CUSTOMER_ID = 10**9  # no simulated customer has this id
 
 def sample_transactions(settings: Settings, count: int) -> list[dict[str, Any]]:
     """The ``count`` newest mart transactions, plus a stranger and a big spender."""
-    import duckdb
-
-    from pipelines.transform.dbt import mart_file
 
     path = mart_file(settings)
     if not path.exists():
@@ -102,8 +104,6 @@ def switch_drift_on(settings: Settings, scenario: str, day: dt.date) -> str:
 def fast_forward_today(settings: Settings, say: Callable[[str], None]) -> ReplayReport:
     """Send today's payments not scored yet to ``/score`` at once, with the payment network
     paused meanwhile (it resumes after them: it skips what the prediction log holds)."""
-    from pipelines.platform.traffic import PaymentNetwork
-    from pipelines.traffic import replay_day
 
     network = PaymentNetwork(settings)
     paused = network.down()

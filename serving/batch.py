@@ -15,7 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import Settings
+from pipelines.featurestore.store import historical_features, training_entities
 from pipelines.lake import part_path, write_parquet_atomic
+from pipelines.transform.dbt import mart_file
+from serving.model import action_for, load_champion
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,6 @@ def scores_dir(settings: Settings) -> Path:
 
 
 def score_day(settings: Settings, day: dt.date) -> BatchScoreResult:
-    from pipelines.featurestore.store import historical_features, training_entities
-    from pipelines.transform.dbt import mart_file
-    from serving.model import action_for, load_champion
 
     model = load_champion(settings.tracking_uri, settings.model_name)
     mart = pq.read_table(

@@ -9,12 +9,14 @@ store keeps the ``FRAUD_BENTOS_KEPT`` newest deployed ones.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
 import httpx
 
-from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.config import PROJECT_ROOT, Settings, get_settings
+from pipelines.demo import sample_transactions
 from pipelines.platform.scoring import (
     BentoProcess,
     bento_exists,
@@ -25,6 +27,7 @@ from pipelines.platform.scoring import (
     roll_status_file,
     running_server,
 )
+from pipelines.registry.promotion import rollback
 from serving.bento import BENTO_NAME, bento_tag, bento_version, model_version_of
 
 BENTOFILE = PROJECT_ROOT / "serving" / "bentofile.yaml"
@@ -125,7 +128,6 @@ def deploy(settings: Settings, tag: str) -> list[dict] | None:
 def deploy_version(settings: Settings, model_version: str) -> tuple[str, list[dict] | None]:
     """Deploy a registry version: its Bento (built and smoke-tested unless the store still
     has it), then ``deploy``. What ``registry rollback`` uses to serve the previous champion."""
-    from pipelines.demo import sample_transactions
 
     tag = bento_tag(model_version)
     if not bento_exists(settings, tag):
@@ -136,10 +138,6 @@ def deploy_version(settings: Settings, model_version: str) -> tuple[str, list[di
 
 def main() -> None:
     """``python -m serving.deploy version <N>`` | ``python -m serving.deploy rollback``."""
-    import argparse
-
-    from pipelines.config import get_settings
-    from pipelines.registry.promotion import rollback
 
     parser = argparse.ArgumentParser(prog="python -m serving.deploy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -16,6 +16,7 @@ import gc
 import signal
 from typing import Any
 
+import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DRAIN_SIGNAL = signal.SIGUSR1
@@ -32,7 +33,6 @@ def drain() -> None:
     answer. Runs on the worker's event loop."""
     global _draining
     _draining = True
-    import uvicorn
 
     # BentoML keeps no reference to the worker's uvicorn server: find it among live objects.
     for server in (o for o in gc.get_objects() if isinstance(o, uvicorn.Server)):

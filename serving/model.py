@@ -16,8 +16,11 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+import torch
+from mlflow import MlflowClient
 
 from pipelines.contracts import CHAMPION_ALIAS
 
@@ -61,7 +64,6 @@ class LoadedModel:
             "cpu"
         ):
             return None
-        import torch
 
         module = self.predictor.get_raw_model()
         if not isinstance(module, torch.nn.Module):
@@ -83,7 +85,6 @@ class LoadedModel:
         without Python's per-call overhead (measured on the champion ``make up`` trains, 6
         members, 4 rows: 0.61 ms -> 0.29 ms of CPU per forward).
         """
-        import torch
 
         try:
             with torch.no_grad(), warnings.catch_warnings():
@@ -155,7 +156,6 @@ class LoadedModel:
 
 def _run_module(module: Any, x: np.ndarray, threads: int) -> np.ndarray:
     """What pyfunc's pytorch flavour computes, without its pandas round trips."""
-    import torch
 
     _limit_threads(threads)
     with torch.no_grad():
@@ -170,8 +170,6 @@ def _limit_threads(threads: int) -> None:
     """torch's thread count for the *calling* thread: OpenMP keeps it per thread and MKL's
     GEMM reads the caller's, so a request thread would otherwise use every core."""
     if getattr(_torch_threads, "value", None) != threads:
-        import torch
-
         torch.set_num_threads(threads)
         _torch_threads.value = threads
 
@@ -187,7 +185,6 @@ def action_for(probability: float, review: float, block: float) -> str:
 
 def load_champion(tracking_uri: str, name: str) -> LoadedModel:
     """The version the champion alias points at, loaded and smoke-tested."""
-    from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     version = client.get_model_version_by_alias(name, CHAMPION_ALIAS).version
@@ -205,7 +202,6 @@ def _json_tag(tags: dict[str, str], key: str, default: Any) -> Any:
 
 def load_version(client: Any, name: str, version: str, alias: str) -> LoadedModel:
     """Load one registered version and everything serving needs from its tags."""
-    import mlflow.pyfunc
 
     mv = client.get_model_version(name, version)
     tags = dict(mv.tags)
@@ -259,7 +255,6 @@ class AliasWatcher:
         *,
         keep_when_missing: bool = True,
     ) -> None:
-        from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.name = name

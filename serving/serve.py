@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import bentoml
 import psutil
 
 from pipelines.config import Settings, get_settings
@@ -157,7 +158,6 @@ class Roller:
 
 def serve(target: str, host: str, port: int) -> None:
     """Serve ``target``, following the deployed record, until SIGTERM/SIGINT."""
-    import bentoml
 
     settings = get_settings()
     control, status = control_file(settings), roll_status_file(settings)

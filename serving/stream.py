@@ -33,6 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import redis
+from feast.infra.online_stores.redis import RedisOnlineStore
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.type_map import python_values_to_proto_values
+
 from pipelines.features.job import RECENT_EVENT_COLUMNS, RECENT_EVENTS_DAYS
 
 if TYPE_CHECKING:
@@ -133,8 +138,6 @@ class RedisCardLocks:
     def __init__(
         self, connection_string: str, prefix: str, timeout: float = 10.0, wait: float = 5.0
     ) -> None:
-        import redis
-        from feast.infra.online_stores.redis import RedisOnlineStore
 
         # The online store's own connection string ("host:port,db=0,password=…"), read as
         # Feast reads it: the locks live beside the states they guard.
@@ -281,8 +284,6 @@ class PushTarget:
         """``rows`` (one dict per entity) as Feast's online rows for the view: each column
         converted in one call, as Feast converts a pushed frame (value by value, Feast infers
         the type again each time: ~4x the cost)."""
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.type_map import python_values_to_proto_values
 
         def column(name: str, kind: Any) -> list:
             return python_values_to_proto_values([row[name] for row in rows], kind)

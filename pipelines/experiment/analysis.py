@@ -20,7 +20,10 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
 
 from pipelines import contracts
 from pipelines.config import Settings
@@ -32,10 +35,9 @@ from pipelines.experiment.statistics import (
     Mode,
     compare,
 )
-from pipelines.lake import utc_today
-
-if TYPE_CHECKING:
-    import pandas as pd
+from pipelines.lake import days_between, partition_dir, utc_today, write_text_atomic
+from pipelines.monitoring.data import read_prediction_log
+from pipelines.registry import promotion, tracking, versions
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,6 @@ def experiments_dir(settings: Settings) -> Path:
 
 def read_labels(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame:
     """Arrived labels of transactions of days ``first`` .. ``last`` (transaction_id, tx_fraud)."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    from pipelines.lake import days_between, partition_dir
 
     files = []
     for day in days_between(first, last):
@@ -77,7 +75,6 @@ def read_labels(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFra
 
 def labelled_log(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame | None:
     """Prediction-log rows of ``first`` .. ``last`` with ``tx_fraud`` (NaN: not arrived)."""
-    from pipelines.monitoring.data import read_prediction_log
 
     log_rows = read_prediction_log(settings, first, last)
     if log_rows is None:
@@ -95,7 +92,6 @@ def labelled_log(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFr
 
 
 def _aliased(settings: Settings, alias: str) -> str | None:
-    from pipelines.registry import versions
 
     found = versions.version_by_alias(settings, alias)
     return None if found is None else str(found.version)
@@ -103,7 +99,6 @@ def _aliased(settings: Settings, alias: str) -> str | None:
 
 def apply_result(settings: Settings, result: ExperimentResult) -> str:
     """Carry out the decision in the registry (see the module docstring); returns what it did."""
-    from pipelines.registry import promotion, tracking
 
     # Act only on the versions analysed: an alias that moved meanwhile belongs to someone else.
     if (
@@ -159,8 +154,6 @@ def _tags(result: ExperimentResult) -> dict[str, str]:
 
 def record(settings: Settings, result: ExperimentResult) -> Path:
     """The decision as JSON under ``<home>/experiments/decisions/`` and as version tags."""
-    from pipelines.lake import write_text_atomic
-    from pipelines.registry import tracking
 
     folder = experiments_dir(settings) / "decisions"
     folder.mkdir(parents=True, exist_ok=True)

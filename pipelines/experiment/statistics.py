@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
+import numpy as np
+import pandas as pd
+
+from pipelines.metrics import average_precision, card_precision_at_k
 
 ExperimentDecision = Literal["ship", "iterate", "kill"]
 Mode = Literal["ab", "shadow"]
@@ -138,7 +139,6 @@ class _SortedScores:
     """
 
     def __init__(self, labels: np.ndarray, scores: np.ndarray) -> None:
-        import numpy as np
 
         self.order = np.argsort(-scores, kind="mergesort")
         self.y = labels[self.order].astype("float64")
@@ -148,7 +148,6 @@ class _SortedScores:
 
     def average_precision(self, weights: np.ndarray) -> float:
         """AP with row weights (bootstrap counts); weights of 1 give metrics.average_precision."""
-        import numpy as np
 
         w = weights[self.order]
         true_pos = np.cumsum(w * self.y)[self.last]
@@ -163,7 +162,6 @@ class _SortedScores:
 
 def _customer_weights(codes: np.ndarray, n_customers: int, rng: np.random.Generator):
     """Row weights of one bootstrap draw of customers (with replacement)."""
-    import numpy as np
 
     counts = np.bincount(rng.integers(0, n_customers, n_customers), minlength=n_customers)
     return counts[codes].astype("float64")
@@ -183,10 +181,6 @@ def bootstrap_difference(
     ``paired``: the two frames are the same rows (shadow), one draw weights both; otherwise
     each arm is drawn independently (A/B). Frames: customer_id, tx_fraud, score.
     """
-    import numpy as np
-    import pandas as pd
-
-    from pipelines.metrics import average_precision
 
     rng = np.random.default_rng(seed)
     observed = average_precision(treatment["tx_fraud"], treatment["score"]) - average_precision(
@@ -238,7 +232,6 @@ def _arm(
     error_rate: float | None,
 ) -> tuple[ArmStats, pd.DataFrame]:
     """The arm's statistics and its scored rows (tx_day, customer_id, tx_fraud, score)."""
-    from pipelines.metrics import average_precision, card_precision_at_k
 
     labelled = rows[rows["tx_fraud"].notna() & rows[score_column].notna()]
     scored = labelled.assign(

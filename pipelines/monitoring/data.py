@@ -15,16 +15,20 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
+import duckdb
+
 from pipelines.config import Settings
 from pipelines.contracts import (
     PREDICTION_LOG_EXPERIMENT_COLUMNS,
     PREDICTION_LOG_FEATURE_PREFIX,
     PREDICTION_LOG_IDENTIFIERS,
 )
-from pipelines.lake import day_files
+from pipelines.lake import day_files, days_between
+from pipelines.transform.dbt import mart_file
 
 if TYPE_CHECKING:
     import pandas as pd
+
 
 # The longest window of the context columns: the mart is read this far before the day.
 CONTEXT_LOOKBACK_DAYS = 30
@@ -88,9 +92,6 @@ def _midnight(day: dt.date) -> dt.datetime:
 
 def mart_has_day(settings: Settings, day: dt.date) -> bool:
     """True once the mart export holds transactions of ``day`` (ingest and dbt have run)."""
-    import duckdb
-
-    from pipelines.transform.dbt import mart_file
 
     path = mart_file(settings)
     if not path.exists():
@@ -107,9 +108,6 @@ def read_transactions_day(
     settings: Settings, day: dt.date, lookback_days: int = CONTEXT_LOOKBACK_DAYS
 ) -> pd.DataFrame:
     """The transactions of ``day`` with their context columns (``TRANSACTION_COLUMNS``)."""
-    import duckdb
-
-    from pipelines.transform.dbt import mart_file
 
     path = mart_file(settings)
     if not path.exists():
@@ -136,9 +134,6 @@ def read_prediction_log(
 
     A transaction scored twice (a client retry) keeps its latest score.
     """
-    import duckdb
-
-    from pipelines.lake import days_between
 
     files = [
         f for d in days_between(first, last or first) for f in prediction_log_files(settings, d)
@@ -172,9 +167,6 @@ def read_labelled_scores(
 ) -> pd.DataFrame | None:
     """Scores of ``model_version`` (any version if None) for days whose labels have arrived,
     joined with their labels from the mart: columns tx_day, customer_id, tx_fraud, score."""
-    import duckdb
-
-    from pipelines.transform.dbt import mart_file
 
     log = read_prediction_log(settings, first, last)
     path = mart_file(settings)

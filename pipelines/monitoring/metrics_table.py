@@ -22,16 +22,20 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
 from pipelines.config import Settings
+from pipelines.lake import partition_dir, write_parquet_atomic
+from pipelines.monitoring.drift import NON_POLICY_COLUMNS
 from pipelines.monitoring.profiles import monitoring_dir
 from pipelines.monitoring.scores import alert_key
 
 if TYPE_CHECKING:
-    import pandas as pd
-    import pyarrow as pa
-
     from pipelines.monitoring.policy import MonitorDecision
     from pipelines.monitoring.scores import DriftScores
+
 
 ACTION_CODES = {"continue": 0, "warn": 1, "retrain": 2}
 COLUMN_METRICS = ("psi", "shift", "p_value", "statistic", "hellinger")
@@ -42,7 +46,6 @@ def metrics_dir(settings: Settings) -> Path:
 
 
 def _schema() -> pa.Schema:
-    import pyarrow as pa
 
     return pa.schema(
         [
@@ -144,9 +147,6 @@ def append_metrics(
     computed_at: dt.datetime | None = None,
 ) -> Path:
     """Append one run's rows as a new part of the day's partition; returns the part."""
-    import pyarrow as pa
-
-    from pipelines.lake import partition_dir, write_parquet_atomic
 
     at = computed_at or dt.datetime.now(dt.UTC)
     rows = metric_rows(scores, decision, run_id, at)
@@ -168,8 +168,6 @@ def read_metrics(
     latest_run_only: bool = True,
 ) -> pd.DataFrame:
     """The table (``date`` = monitored day); by default only the latest run of each day."""
-    import duckdb
-    import pandas as pd
 
     root = metrics_dir(settings)
     if not any(root.glob("date=*/*.parquet")):
@@ -198,7 +196,6 @@ def read_metrics(
 
 def previous_alerts(settings: Settings, day: dt.date) -> frozenset[str]:
     """ "kind/column" of the policy columns at warning or worse in the latest run of day - 1."""
-    from pipelines.monitoring.drift import NON_POLICY_COLUMNS
 
     yesterday = day - dt.timedelta(days=1)
     frame = read_metrics(settings, yesterday, yesterday)

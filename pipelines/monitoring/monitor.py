@@ -16,7 +16,11 @@ from typing import Any
 
 from pipelines.config import Settings
 from pipelines.monitoring import profiles
+from pipelines.monitoring import reference as ref
 from pipelines.monitoring.drift import SCORE_COLUMN, column_kind, compare_profiles, quality_issues
+from pipelines.monitoring.metrics_table import append_metrics
+from pipelines.monitoring.metrics_table import previous_alerts as read_previous
+from pipelines.monitoring.performance import performance_checks
 from pipelines.monitoring.policy import (
     DEFAULT_THRESHOLDS,
     MonitorDecision,
@@ -24,6 +28,7 @@ from pipelines.monitoring.policy import (
     decide,
     judge_columns,
 )
+from pipelines.monitoring.report import write_report
 from pipelines.monitoring.scores import DriftScores
 
 log = logging.getLogger(__name__)
@@ -62,9 +67,6 @@ def compute_scores(
     or "load" to read it from the registry; ``previous_alerts``: for the persistence rule
     (default: read from the drift-metrics table); ``thresholds``: the policy's, by default.
     """
-    from pipelines.monitoring import reference as ref
-    from pipelines.monitoring.metrics_table import previous_alerts as read_previous
-    from pipelines.monitoring.performance import performance_checks
 
     if champion == "load":
         champion = ref.load_champion(settings)
@@ -163,8 +165,6 @@ def publish(
     computed_at: dt.datetime | None = None,
 ) -> tuple[Path, dict[str, Path]]:
     """Append the run to the metrics table and write its HTML reports."""
-    from pipelines.monitoring.metrics_table import append_metrics
-    from pipelines.monitoring.report import write_report
 
     at = computed_at or dt.datetime.now(dt.UTC)
     metrics_path = append_metrics(settings, scores, decision, run_id, at)

@@ -16,7 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from pipelines import metrics
 from pipelines.config import Settings
+from pipelines.monitoring.data import read_labelled_scores
+from pipelines.monitoring.policy import DEFAULT_THRESHOLDS, Thresholds, performance_severity
 from pipelines.monitoring.scores import PerformanceCheck
 
 log = logging.getLogger(__name__)
@@ -34,35 +37,17 @@ def labelled_window(
     return last - dt.timedelta(days=window_days - 1), last
 
 
-def _metric_functions() -> dict[str, object]:
-    """The training protocol's metrics when that package is there, else scikit-learn's."""
-    try:
-        from pipelines import metrics as m
-
-        return {
-            "roc_auc": m.roc_auc,
-            "average_precision": m.average_precision,
-            "card_precision_at_100": lambda days, cards, y, s: m.card_precision_at_k(
-                days, cards, y, s, CARD_PRECISION_K
-            ),
-        }
-    except ImportError:  # training not installed beside monitoring
-        from sklearn.metrics import average_precision_score, roc_auc_score
-
-        return {"roc_auc": roc_auc_score, "average_precision": average_precision_score}
-
-
 def evaluate(
     days: list, cards: list[int], labels: list[int], scores: list[float]
 ) -> dict[str, float]:
-    """AUC, AP and CP@100 (when available) of one window."""
-    out: dict[str, float] = {}
-    for name, fn in _metric_functions().items():
-        if name.startswith("card_precision"):
-            out[name] = float(fn(days, cards, labels, scores))
-        else:
-            out[name] = float(fn(labels, scores))
-    return out
+    """AUC, AP and CP@100 of one window (the handbook's metrics, as in training)."""
+    return {
+        "roc_auc": float(metrics.roc_auc(labels, scores)),
+        "average_precision": float(metrics.average_precision(labels, scores)),
+        "card_precision_at_100": float(
+            metrics.card_precision_at_k(days, cards, labels, scores, CARD_PRECISION_K)
+        ),
+    }
 
 
 def performance_checks(
@@ -76,8 +61,6 @@ def performance_checks(
     max_degradation: float | None = None,
 ) -> tuple[list[PerformanceCheck], str | None]:
     """The checks of the labelled window before ``day``; (checks, note when not assessable)."""
-    from pipelines.monitoring.data import read_labelled_scores
-    from pipelines.monitoring.policy import DEFAULT_THRESHOLDS, Thresholds, performance_severity
 
     thresholds = Thresholds(
         max_degradation=(

@@ -22,6 +22,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pipelines.config import Settings
 from pipelines.lake import atomic_path, days_between
+from pipelines.monitoring.data import (
+    TRANSACTION_COLUMNS,
+    prediction_profile_frame,
+    read_prediction_log,
+    read_transactions_day,
+)
 from pipelines.monitoring.whylogs_compat import import_whylogs, read_profile
 
 if TYPE_CHECKING:
@@ -105,7 +111,6 @@ def stored_days(settings: Settings, kind: str) -> list[dt.date]:
 
 def profile_transactions_day(settings: Settings, day: dt.date) -> Path | None:
     """Profile the day's transactions and context columns; None if the mart has none."""
-    from pipelines.monitoring.data import TRANSACTION_COLUMNS, read_transactions_day
 
     frame = read_transactions_day(settings, day)
     if frame.empty:
@@ -117,7 +122,6 @@ def profile_transactions_day(settings: Settings, day: dt.date) -> Path | None:
 
 def profile_predictions_day(settings: Settings, day: dt.date) -> Path | None:
     """Profile the day's prediction log (inputs as served, score); None if nothing was scored."""
-    from pipelines.monitoring.data import prediction_profile_frame, read_prediction_log
 
     log = read_prediction_log(settings, day)
     if log is None:

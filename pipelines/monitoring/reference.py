@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlflow import MlflowClient
+
 from pipelines.config import Settings
 from pipelines.contracts import CHAMPION_ALIAS
 from pipelines.lake import days_between
@@ -67,8 +69,6 @@ def load_champion(settings: Settings) -> Champion | None:
     if db is not None and not db.exists():
         return None  # nothing trained yet; opening it would create an empty store
     try:
-        from mlflow import MlflowClient
-
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         mv = client.get_model_version_by_alias(settings.model_name, CHAMPION_ALIAS)
     except Exception as exc:  # no such model/alias, or the server is down: monitor without it
@@ -135,8 +135,6 @@ def champion_reference_view(settings: Settings, champion: Champion) -> Any | Non
     target = cache / Path(REFERENCE_ARTIFACT).name
     if not target.exists():
         try:
-            from mlflow import MlflowClient
-
             uri = settings.tracking_uri
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             cache.mkdir(parents=True, exist_ok=True)

@@ -12,19 +12,19 @@ import hashlib
 import os
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
 
 from pipelines.config import PROJECT_ROOT, Settings
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
 
 LOCK_FILE = PROJECT_ROOT / "requirements.lock"
 
 
 @functools.cache
 def _client(tracking_uri: str) -> MlflowClient:
-    from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
@@ -33,7 +33,6 @@ def client(settings: Settings) -> MlflowClient:
     """The client of the settings' store; also points MLflow's process-wide URIs at it, since
     ``models:/`` URIs and the fluent API ignore the client (an Airflow task is a fresh process
     whose default would be ./mlflow.db)."""
-    import mlflow
 
     if settings.tracking_uri.startswith("sqlite:///"):
         settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +78,6 @@ def start_run(settings: Settings, name: str, tags: dict[str, str]) -> str:
 def log_params(settings: Settings, run_id: str, params: dict[str, Any]) -> None:
     """Log params; a retried step that arrives at another value (MLflow params are immutable)
     records it as a ``retried_param.<key>`` tag instead of failing."""
-    from mlflow.entities import Param, RunTag
 
     c = client(settings)
     logged = c.get_run(run_id).data.params
@@ -93,7 +91,6 @@ def log_params(settings: Settings, run_id: str, params: dict[str, Any]) -> None:
 
 
 def log_metrics(settings: Settings, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
@@ -101,7 +98,6 @@ def log_metrics(settings: Settings, run_id: str, metrics: dict[str, float], step
 
 
 def set_tags(settings: Settings, run_id: str, tags: dict[str, Any]) -> None:
-    from mlflow.entities import RunTag
 
     client(settings).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

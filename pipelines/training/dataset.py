@@ -25,14 +25,19 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import duckdb
+import pandas as pd
 
 from pipelines.config import Settings
-from pipelines.featurestore.store import FEATURE_SERVICE
+from pipelines.featurestore.store import (
+    FEATURE_SERVICE,
+    get_store,
+    historical_features,
+    training_entities,
+)
 from pipelines.protocol import SplitWindows
-
-if TYPE_CHECKING:
-    import pandas as pd
+from pipelines.transform.dbt import mart_file
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +69,6 @@ def _midnight(day: dt.date) -> dt.datetime:
 
 def read_mart(settings: Settings, first_day: dt.date, last_day: dt.date) -> pd.DataFrame:
     """Mart rows of days ``first_day`` .. ``last_day`` (inclusive), sorted by time."""
-    import duckdb
-
-    from pipelines.transform.dbt import mart_file
 
     path = mart_file(settings)
     if not path.exists():
@@ -92,7 +94,6 @@ def _in_days(mart: pd.DataFrame, first: dt.date, last: dt.date) -> pd.Series:
 
 def training_period(mart: pd.DataFrame, windows: SplitWindows) -> tuple[pd.DataFrame, int]:
     """Training transactions labelled by the cutoff, and how many were dropped unlabelled."""
-    import pandas as pd
 
     rows = mart[_in_days(mart, windows.train_start, windows.train_end)]
     known = rows.label_available_at.notna() & (
@@ -103,7 +104,6 @@ def training_period(mart: pd.DataFrame, windows: SplitWindows) -> tuple[pd.DataF
 
 def known_compromised_cards(mart: pd.DataFrame, windows: SplitWindows, at: dt.datetime) -> set[int]:
     """Cards with a fraud since the training start whose label had arrived by ``at``."""
-    import pandas as pd
 
     frauds = mart[
         (mart.tx_day >= windows.train_start)
@@ -130,7 +130,6 @@ def assessment_period(mart: pd.DataFrame, windows: SplitWindows) -> tuple[pd.Dat
         day_rows = rows[rows.tx_day == start.date()]
         known = known_compromised_cards(mart, windows, start)
         kept.append(day_rows[~day_rows.customer_id.isin(known)])
-    import pandas as pd
 
     frame = pd.concat(kept) if kept else rows.iloc[:0]
     return frame.copy(), len(rows) - len(frame)
@@ -138,7 +137,6 @@ def assessment_period(mart: pd.DataFrame, windows: SplitWindows) -> tuple[pd.Dat
 
 def model_inputs(settings: Settings, service: str = FEATURE_SERVICE) -> list[str]:
     """The model's input columns: the request's amount, then the service's features in order."""
-    from pipelines.featurestore.store import get_store
 
     svc = get_store(settings).get_feature_service(service)
     names = [f.name for projection in svc.feature_view_projections for f in projection.features]
@@ -152,7 +150,6 @@ def with_features(
     service: str = FEATURE_SERVICE,
 ) -> pd.DataFrame:
     """``transactions`` with the feature service's point-in-time features joined on."""
-    from pipelines.featurestore.store import historical_features, training_entities
 
     unique = transactions.drop_duplicates("transaction_id")
     features = historical_features(settings, training_entities(unique), service)
@@ -188,7 +185,6 @@ def build_protocol_data(
 ) -> ProtocolData:
     """Labelled periods of ``windows`` and of its model-selection split, features from Feast
     (one retrieval for all of them)."""
-    import pandas as pd
 
     validation = windows.validation()
     first = min(validation.train_start, validation.test_start)
@@ -232,7 +228,6 @@ def prequential_data(
 
 def dataset_fingerprint(frames: dict[str, pd.DataFrame], inputs: list[str]) -> str:
     """sha256 over every period's ids, labels and input values (row order included)."""
-    import pandas as pd
 
     digest = hashlib.sha256()
     for name in sorted(frames):
@@ -261,7 +256,6 @@ def save(data: ProtocolData, folder: Path) -> Path:
 
 def load(folder: Path) -> ProtocolData:
     """Read what ``save`` wrote; fails if the files no longer match the manifest."""
-    import pandas as pd
 
     manifest = json.loads((folder / "manifest.json").read_text())
     w = manifest["windows"]

@@ -33,6 +33,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler, TensorDataset
+
+from pipelines.training import dataset, ensemble, steps
+from pipelines.training.model import (
+    EpochRecord,
+    FraudScorer,
+    TrainedNetwork,
+    build_mlp,
+    configure_threads,
+    weighted_loss,
+)
+
 log = logging.getLogger(__name__)
 
 OUTPUT_DIR = "distributed"
@@ -54,8 +70,6 @@ class DistributedOutcome:
 
 
 def _same_order_sampler(dataset: Any, world: int, rank: int, seed: int) -> Any:
-    import torch
-    from torch.utils.data import DistributedSampler
 
     class SameOrderSampler(DistributedSampler):
         """A DistributedSampler whose epoch order is ``train_network``'s: one generator seeded
@@ -81,13 +95,6 @@ def train_network_ddp(
     """``model.train_network`` without validation (the final model: exactly ``max_epochs``
     epochs), across the ranks of the default process group. Returns the ``TrainedNetwork``
     (its history: the loss averaged over all ranks' rows) and the rows this rank trained on."""
-    import numpy as np
-    import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import TensorDataset
-
-    from pipelines.training.model import EpochRecord, TrainedNetwork, build_mlp, weighted_loss
 
     rank, world = dist.get_rank(), dist.get_world_size()
     x = torch.as_tensor(x_train, dtype=torch.float32)
@@ -132,11 +139,6 @@ def train_network_ddp(
 
 def run(workdir: Path, *, seeds_per_trial: int | None = None, threads: int = 1) -> int:
     """The body of one rank (``torchrun`` sets RANK, WORLD_SIZE, MASTER_ADDR/PORT)."""
-    import torch
-    import torch.distributed as dist
-
-    from pipelines.training import dataset, ensemble, steps
-    from pipelines.training.model import FraudScorer, configure_threads
 
     configure_threads(threads)
     dist.init_process_group(backend="gloo")
@@ -190,9 +192,6 @@ def launch(
 ) -> DistributedOutcome:
     """Run this module under ``torchrun --standalone`` with ``processes`` local ranks (the
     final-training step's ``processes`` option) and read back what rank 0 wrote."""
-    import torch
-
-    from pipelines.training.model import EpochRecord
 
     workdir = Path(workdir)
     out = workdir / OUTPUT_DIR

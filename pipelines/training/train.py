@@ -23,21 +23,31 @@ sharing the study storage (``tune_workers``); ``train_final(processes=N)`` train
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata as md
 import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
+
+import duckdb
+import mlflow
+import mlflow.pyfunc
+import mlflow.pytorch
+import numpy as np
+from mlflow.models import infer_signature
 
 from pipelines.config import Settings
 from pipelines.featurestore.store import FEATURE_SERVICE
+from pipelines.metrics import assess, ranking_metrics
+from pipelines.monitoring.whylogs_compat import write_profile
 from pipelines.protocol import SplitWindows
-from pipelines.registry import tracking
-from pipelines.training import ensemble, steps
-
-if TYPE_CHECKING:
-    pass
+from pipelines.registry import promotion, tracking, versions
+from pipelines.training import dataset, distributed, ensemble, steps, tune, tune_workers
+from pipelines.training.artifacts import plot_precision_recall, plot_roc, plot_search_history
+from pipelines.training.model import FraudScorer, configure_threads
+from pipelines.transform.dbt import mart_file
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +71,6 @@ def workdir_of(settings: Settings, run_id: str) -> Path:
 
 def latest_assessable_day(settings: Settings) -> dt.date:
     """The newest day whose transactions all have their label: the latest possible test end."""
-    import duckdb
-
-    from pipelines.transform.dbt import mart_file
 
     query = """
         select max(tx_date) from (
@@ -90,7 +97,6 @@ def build_dataset(
 ) -> steps.RunFolder:
     """Build the four periods through Feast, open the MLflow run, log the data lineage and the
     whylogs reference profile. Returns ``{"run_id", "workdir"}``."""
-    from pipelines.training import dataset
 
     windows = split_for(settings, test_end)
     data = dataset.build_protocol_data(settings, windows, service)
@@ -128,7 +134,6 @@ def build_dataset(
 def _log_reference_profile(settings: Settings, run_id: str, data: Any, workdir: Path) -> None:
     """whylogs profile of the training inputs, as float64 like the model (and serving's
     prediction log) receives them: the reference drift monitoring compares served inputs to."""
-    from pipelines.monitoring.whylogs_compat import write_profile
 
     inputs = data.frames["train"][data.inputs].astype("float64")
     path = write_profile(inputs, workdir / "reference_profile.bin")
@@ -150,8 +155,6 @@ def tune_model(
 ) -> steps.Tuning:
     """Run or resume the Optuna study; writes ``tuning.json`` (the chosen configurations).
     ``workers > 1``: the trials run in that many processes sharing the study storage."""
-    from pipelines.training import dataset, tune, tune_workers
-    from pipelines.training.artifacts import plot_search_history
 
     workdir = Path(workdir)
     data = dataset.load(workdir / "data")
@@ -239,8 +242,6 @@ def train_final(
 
     ``processes > 1``: the ensemble is trained under ``torchrun`` by that many local ranks
     with DistributedDataParallel (gloo), ``torch_threads / processes`` threads each."""
-    from pipelines.training import dataset
-    from pipelines.training.model import FraudScorer, configure_threads
 
     configure_threads(settings.torch_threads)
     workdir = Path(workdir)
@@ -251,8 +252,6 @@ def train_final(
     started = time.monotonic()
     extra: dict[str, Any] = {}
     if processes > 1:
-        from pipelines.training import distributed
-
         outcome = distributed.launch(
             workdir, processes, threads=max(1, settings.torch_threads // processes)
         )
@@ -296,11 +295,6 @@ def train_final(
 def _log_model(
     settings: Settings, run_id: str, scorer: Any, example: Any, service: str
 ) -> tuple[str, str]:
-    import importlib.metadata as md
-
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
 
     tracking.use_tracking(settings)
     output = scorer.score_frame(example)
@@ -332,8 +326,6 @@ def _log_model(
 
 def score_with(model: Any, frame: Any) -> Any:
     """Fraud probabilities of ``frame`` by an MLflow pyfunc model (or its URI)."""
-    import mlflow.pyfunc
-    import numpy as np
 
     if isinstance(model, str):
         model = mlflow.pyfunc.load_model(model)
@@ -345,11 +337,6 @@ def score_with(model: Any, frame: Any) -> Any:
 def evaluate(settings: Settings, run_id: str, workdir: Path) -> steps.Evaluation:
     """Score the test period with the model *as logged in MLflow*, log the metrics and the ROC
     and PR plots. Writes ``evaluation.json``."""
-    import mlflow.pyfunc
-
-    from pipelines.metrics import assess
-    from pipelines.training import dataset
-    from pipelines.training.artifacts import plot_precision_recall, plot_roc
 
     workdir = Path(workdir)
     data = dataset.load(workdir / "data")
@@ -391,8 +378,6 @@ def evaluate(settings: Settings, run_id: str, workdir: Path) -> steps.Evaluation
 def register(settings: Settings, run_id: str, workdir: Path) -> steps.Registration:
     """Register the logged model as ``settings.model_name`` with its lineage tags. Idempotent:
     a retry finds the version of this run instead of registering a second one."""
-    from pipelines.registry import versions
-    from pipelines.training import dataset
 
     workdir = Path(workdir)
     evaluation = steps.read(workdir, steps.Evaluation)
@@ -425,8 +410,6 @@ def register(settings: Settings, run_id: str, workdir: Path) -> steps.Registrati
 
 def gate(settings: Settings, run_id: str, workdir: Path) -> steps.GateVerdict:
     """Compare with the champion on this run's test window and move the aliases."""
-    from pipelines.registry import promotion
-    from pipelines.training import dataset
 
     workdir = Path(workdir)
     version = steps.read(workdir, steps.Registration)["version"]
@@ -436,7 +419,6 @@ def gate(settings: Settings, run_id: str, workdir: Path) -> steps.GateVerdict:
     data = dataset.load(workdir / "data")
 
     def champion_on_window(champion_uri: str) -> float:
-        from pipelines.metrics import ranking_metrics
 
         frame = data.frames["test"]
         scores = score_with(champion_uri, frame)

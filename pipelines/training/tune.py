@@ -21,14 +21,20 @@ import logging
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import optuna
+import torch
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from pipelines.config import Settings
+from pipelines.metrics import best_f1_threshold
+from pipelines.registry import tracking
 from pipelines.training.dataset import LABEL, ProtocolData
 from pipelines.training.model import (
     EpochRecord,
@@ -38,9 +44,6 @@ from pipelines.training.model import (
     predict_logits,
     train_network,
 )
-
-if TYPE_CHECKING:
-    import optuna
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +118,6 @@ def open_study(
 ) -> optuna.Study:
     """Create or load the study. ``worker`` (parallel search) gives each worker process its own
     sampler seed and makes TPE account for the trials other workers are running."""
-    import warnings
-
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     url = settings.study_storage
     if url.startswith("sqlite:///"):
@@ -189,10 +188,6 @@ def _objective(
 ) -> Callable[[optuna.Trial], float]:
     """One trial: train on the selection split, report per-epoch validation AP (pruning), log
     it as an MLflow child run of ``parent_run_id``."""
-    import optuna
-
-    from pipelines.metrics import best_f1_threshold
-    from pipelines.registry import tracking
 
     max_epochs = settings.max_epochs
     # Which process ran the trial: host and pid (a parallel search spreads trials).
@@ -302,7 +297,6 @@ def start_call(
     """Open (or resume) the study of ``data``'s windows for a call whose budget is ``n_trials``
     finished trials (default ``settings.tuning_trials``) within ``timeout_seconds`` (default
     ``settings.tuning_timeout_seconds``)."""
-    import optuna
 
     configure_threads(settings.torch_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -348,6 +342,5 @@ def finish_call(
 
 
 def _tensor(x: np.ndarray) -> Any:
-    import torch
 
     return torch.as_tensor(x, dtype=torch.float32)

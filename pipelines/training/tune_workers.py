@@ -20,15 +20,13 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import optuna
 
 from pipelines.config import Settings
-from pipelines.training import tune
+from pipelines.training import dataset, tune
 from pipelines.training.dataset import ProtocolData
 from pipelines.training.model import configure_threads
-
-if TYPE_CHECKING:
-    import optuna
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +98,6 @@ def run_worker(
     """One worker of a parallel search (``python -m pipelines train tune-worker``): run
     ``n_trials`` trials of the study of the dataset in ``data_folder``, sharing the study with
     the other workers through ``settings.study_storage``. Returns the trials it ran."""
-    import optuna
-
-    from pipelines.training import dataset
 
     configure_threads(settings.torch_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -92,11 +92,12 @@ def _following(model: LoadedModel | None) -> SimpleNamespace:
 def service(make_settings, monkeypatch):
     """Builds the service's scorer (what ``POST /score`` and ``/model_info`` run) through its
     constructor, from the stand-ins."""
-    import serving.features
+    import serving.service
     from serving.service import Scorer
     from serving.stream import card_locks
 
-    monkeypatch.setattr(serving.features, "fetch", _fetch)
+    # The Feast read the scorer calls (serving.features.fetch, imported by the service).
+    monkeypatch.setattr(serving.service, "fetch", _fetch)
 
     def build(
         mode: str,
