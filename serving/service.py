@@ -29,19 +29,12 @@ from pydantic import Field
 
 from pipelines.config import get_settings
 from pipelines.contracts import CHALLENGER_ALIAS, PREDICTION_LOG_FEATURE_PREFIX
-from pipelines.featurestore.online import checkpoint_in_background
-from pipelines.featurestore.store import get_store
 from serving.batching import NaturalBatcher
 from serving.bento import BENTO_NAME, model_version_of, running_bento
 from serving.drain import ConnectionDrain, drain_on_signal
-from serving.experiment import score_request
-from serving.features import fetch
 from serving.guard import REQUEST, RequestGuard, refusal
-from serving.model import AliasWatcher, ChampionWatcher, action_for
 from serving.openapi import published_spec
-from serving.prediction_log import PredictionLog
 from serving.schemas import ModelInfo, Score, Transaction
-from serving.stream import card_locks, push_payments, rounds
 from serving.workers import ReloadBroadcast
 
 if TYPE_CHECKING:
@@ -49,6 +42,7 @@ if TYPE_CHECKING:
 
     from pipelines.config import Settings
     from serving.model import AliasWatcher, LoadedModel
+    from serving.prediction_log import PredictionLog
     from serving.stream import CardLocks, CustomerState
 
 log = logging.getLogger(__name__)
@@ -146,6 +140,7 @@ class Scorer:
 
     def score_jobs(self, jobs: list[ScoreJob]) -> list[list[Score] | Refused]:
         """Score the payments of ``jobs`` as one batch; log them; one result per job."""
+        from serving.stream import push_payments, rounds
 
         s = self.settings
         now = time.monotonic()
@@ -202,6 +197,9 @@ class Scorer:
         """Scores and prediction-log rows of payments of distinct cards (with an explanation
         where ``explain`` asks for one), and the cards' streamed states read with their
         features (when the write-through is on)."""
+        from serving.experiment import score_request
+        from serving.features import fetch
+        from serving.model import action_for
 
         s = self.settings
         scored = score_request(
@@ -309,6 +307,11 @@ class Scorer:
 @bentoml.service(name=BENTO_NAME, traffic={"timeout": 30}, workers=_settings.serving_workers)
 class FraudScoringService:
     def __init__(self) -> None:
+        from pipelines.featurestore.online import checkpoint_in_background
+        from pipelines.featurestore.store import get_store
+        from serving.model import AliasWatcher, ChampionWatcher
+        from serving.prediction_log import PredictionLog
+        from serving.stream import card_locks
 
         # MLflow retries an unreachable server for minutes by default (7 retries, 120 s
         # timeout): the watcher would hold its lock and /reload would time out. Fail fast and

@@ -16,18 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import duckdb
 import yaml
-from feast import FeatureStore
-from feast.repo_config import load_repo_config
-from feast.repo_operations import apply_total
 
-from pipelines.config import PROJECT_ROOT, Settings, get_settings
-from pipelines.features.job import CUSTOMER_TABLE, TERMINAL_LABEL_TABLE, TERMINAL_TABLE
+from pipelines.config import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
     import pandas as pd
-
+    from feast import FeatureStore
 
 log = logging.getLogger(__name__)
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
@@ -75,6 +70,7 @@ def write_config(settings: Settings) -> Path:
 
 
 def get_store(settings: Settings) -> FeatureStore:
+    from feast import FeatureStore
 
     return FeatureStore(repo_path=str(FEATURE_REPO), fs_yaml_file=write_config(settings))
 
@@ -98,6 +94,10 @@ def _fresh_definitions() -> Iterator[None]:
 
 def apply(settings: Settings) -> None:
     """``feast apply``: register the definitions of ``feature_repo/`` in the registry."""
+    from feast.repo_config import load_repo_config
+    from feast.repo_operations import apply_total
+
+    from pipelines.config import get_settings
 
     get_settings.cache_clear()  # the definitions read the settings of this call's environment
     config = load_repo_config(FEATURE_REPO, write_config(settings))
@@ -124,6 +124,9 @@ def materialize(settings: Settings, end: dt.datetime) -> str:
 
 def latest_feature_time(settings: Settings) -> dt.datetime | None:
     """The newest event timestamp in the Spark feature tables (None if there are none)."""
+    import duckdb
+
+    from pipelines.features.job import CUSTOMER_TABLE, TERMINAL_LABEL_TABLE, TERMINAL_TABLE
 
     # The entity states (the pair table only says when a pair last met).
     tables = [

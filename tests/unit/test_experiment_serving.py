@@ -92,12 +92,11 @@ def _following(model: LoadedModel | None) -> SimpleNamespace:
 def service(make_settings, monkeypatch):
     """Builds the service's scorer (what ``POST /score`` and ``/model_info`` run) through its
     constructor, from the stand-ins."""
-    import serving.service
+    import serving.features
     from serving.service import Scorer
     from serving.stream import card_locks
 
-    # The Feast read the scorer calls (serving.features.fetch, imported by the service).
-    monkeypatch.setattr(serving.service, "fetch", _fetch)
+    monkeypatch.setattr(serving.features, "fetch", _fetch)
 
     def build(
         mode: str,

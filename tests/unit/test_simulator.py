@@ -17,6 +17,7 @@ def handbook_data() -> tuple[TransactionSimulator, pd.DataFrame]:
     return sim, sim.generate_range(HANDBOOK_START, HANDBOOK_END)
 
 
+@pytest.mark.slow  # the handbook-size world (1.75 M rows), no server
 def test_handbook_totals_within_two_percent(handbook_data):
     _, df = handbook_data
     assert len(df) == pytest.approx(1_754_155, rel=0.02)
@@ -24,6 +25,7 @@ def test_handbook_totals_within_two_percent(handbook_data):
     assert df.tx_datetime.dt.date.nunique() == 183
 
 
+@pytest.mark.slow  # the handbook-size world (1.75 M rows), no server
 def test_handbook_scenario_counts(handbook_data):
     _, df = handbook_data
     counts = df.tx_fraud_scenario.value_counts()
@@ -34,11 +36,13 @@ def test_handbook_scenario_counts(handbook_data):
     assert 4 not in counts  # drift scenario (ii) is off by default
 
 
+@pytest.mark.slow  # the handbook-size world (1.75 M rows), no server
 def test_about_75_terminals_per_customer(handbook_data):
     sim, _ = handbook_data
     assert sim.customers.n_terminals.mean() == pytest.approx(75, abs=3)
 
 
+@pytest.mark.slow  # the handbook-size world (1.75 M rows), no server
 def test_row_rules_of_the_spec(handbook_data):
     _, df = handbook_data
     assert list(df.columns) == COLUMNS
