@@ -79,7 +79,8 @@ def main() -> None:
         from pipelines.features.runner import run_feature_job
         from pipelines.featurestore import store
         from pipelines.ingest.daily import ingest_days
-        from pipelines.transform.dbt import mart_file, run_dbt_build
+        from pipelines.transform.dbt import run_dbt_build
+        from pipelines.transform.mart import mart_file
 
         settings = load_settings()
 

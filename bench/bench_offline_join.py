@@ -48,7 +48,7 @@ def retrieve(rows: int, join: str, out: Path) -> None:
 
     from pipelines.config import load_settings
     from pipelines.featurestore import offline, store
-    from pipelines.transform.dbt import mart_file
+    from pipelines.transform.mart import mart_file
 
     settings = load_settings()
     mart = pq.read_table(mart_file(settings)).to_pandas()

@@ -174,7 +174,7 @@ def build_world(home: Path, world: str) -> dict[str, Any]:
     from pipelines.featurestore import store
     from pipelines.featurestore.build import build_features
     from pipelines.ingest.daily import ingest_days
-    from pipelines.transform.dbt import mart_file
+    from pipelines.transform.mart import mart_file
 
     settings = load_settings()
     started = time.monotonic()

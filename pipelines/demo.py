@@ -22,7 +22,7 @@ import httpx
 from pipelines.lake import utc_today
 from pipelines.platform.traffic import PaymentNetwork
 from pipelines.traffic import replay_day
-from pipelines.transform.dbt import mart_file
+from pipelines.transform.mart import mart_file
 
 if TYPE_CHECKING:
     from collections.abc import Callable

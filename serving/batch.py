@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from pipelines.config import Settings
 from pipelines.featurestore.store import historical_features, training_entities
 from pipelines.lake import part_path, write_parquet_atomic
-from pipelines.transform.dbt import mart_file
+from pipelines.transform.mart import mart_file
 from serving.model import action_for, load_champion
 
 

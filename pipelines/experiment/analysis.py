@@ -1,7 +1,8 @@
 """The experiment's actions: read its outcomes, decide (``statistics.py``), act, record.
 
 Input: the prediction log (``serving/prediction_log.py``) of a window, joined with the labels
-that have arrived in the raw lake (``<lake>/raw/labels/date=<tx day>/``). Which rows count, the
+that have arrived (``pipelines.transform.mart.read_labels``, as monitoring reads them; the
+mart is rebuilt after each ingest, before the daily analysis). Which rows count, the
 per-arm metrics, the customer bootstrap and the ship / iterate / kill rules are
 ``pipelines.experiment.statistics`` (pure functions of that frame).
 
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from pipelines import contracts
 from pipelines.config import Settings
@@ -35,9 +35,10 @@ from pipelines.experiment.statistics import (
     Mode,
     compare,
 )
-from pipelines.lake import days_between, partition_dir, utc_today, write_text_atomic
+from pipelines.lake import utc_today, write_text_atomic
 from pipelines.monitoring.data import read_prediction_log
 from pipelines.registry import promotion, tracking, versions
+from pipelines.transform.mart import read_labels
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +60,6 @@ def experiments_dir(settings: Settings) -> Path:
     return settings.home / "experiments"
 
 
-def read_labels(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame:
-    """Arrived labels of transactions of days ``first`` .. ``last`` (transaction_id, tx_fraud)."""
-
-    files = []
-    for day in days_between(first, last):
-        folder = partition_dir(settings.raw_labels_dir, day)
-        if folder.is_dir():
-            files += sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
-    if not files:
-        return pd.DataFrame({"transaction_id": pd.Series(dtype="int64"), "tx_fraud": []})
-    labels = pq.read_table(files, columns=["transaction_id", "tx_fraud"]).to_pandas()
-    return labels.drop_duplicates("transaction_id", keep="last")
-
-
 def labelled_log(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame | None:
     """Prediction-log rows of ``first`` .. ``last`` with ``tx_fraud`` (NaN: not arrived)."""
 
@@ -82,7 +69,7 @@ def labelled_log(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFr
     for column, (_, default) in contracts.PREDICTION_LOG_EXPERIMENT_COLUMNS.items():
         if column not in log_rows:  # a part written before the experiment columns existed
             log_rows[column] = default
-    labels = read_labels(settings, first, last)
+    labels = read_labels(settings, first, last)[["transaction_id", "tx_fraud"]]
     frame = log_rows.merge(labels, on="transaction_id", how="left")
     frame["tx_day"] = frame["tx_datetime"].dt.date
     return frame

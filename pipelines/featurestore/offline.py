@@ -14,7 +14,7 @@ the features of the rows picked: the feature table is filtered to them by a semi
 streams it) and joined back. Same rows, same predicates, same tie rule as Feast; memory grows
 with the entity rows, not with the candidates.
 
-Configured by ``pipelines.featurestore.store.render_config`` (``OFFLINE_STORE``).
+Configured by ``pipelines.featurestore.repo.render_config`` (``OFFLINE_STORE``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ so a materialization would put a card back to yesterday's state. This store make
 behave like Redis: per entity and feature, a write whose event timestamp is not newer than the
 stored one is skipped.
 
-Configured by ``pipelines.featurestore.store.render_config`` (``SQLITE_ONLINE_STORE``).
+Configured by ``pipelines.featurestore.repo.render_config`` (``SQLITE_ONLINE_STORE``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""Feast from the platform's settings.
+"""Feast from the platform's settings: apply, materialize, retrieval.
 
-``feature_store.yaml`` is rendered from the settings into ``<home>/feast/`` (never into the
-repository), so several homes — a running system and the tests — never share one. The feature
-definitions live in ``feature_repo/``.
+The configuration it hands Feast is rendered by ``repo``; the feature definitions live in
+``feature_repo/``.
 """
 
 from __future__ import annotations
@@ -13,65 +12,21 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-import yaml
+import duckdb
+import pandas as pd
+from feast import FeatureStore
+from feast.repo_config import load_repo_config
+from feast.repo_operations import apply_total
 
-from pipelines.config import PROJECT_ROOT, Settings
-
-if TYPE_CHECKING:
-    import pandas as pd
-    from feast import FeatureStore
+from pipelines.config import Settings, get_settings
+from pipelines.features.job import CUSTOMER_TABLE, TERMINAL_LABEL_TABLE, TERMINAL_TABLE
+from pipelines.featurestore.repo import FEATURE_REPO, FEATURE_SERVICE, write_config
 
 log = logging.getLogger(__name__)
-FEATURE_REPO = PROJECT_ROOT / "feature_repo"
-FEATURE_SERVICE = "fraud_model_v1"
-# Feast's SQLite store, keeping the newest row per entity like its Redis store (online.py).
-SQLITE_ONLINE_STORE = "pipelines.featurestore.online.MonotonicSqliteOnlineStore"
-# Feast's DuckDB store, whose point-in-time join fetches features of picked rows only (offline.py).
-OFFLINE_STORE = "pipelines.featurestore.offline.LeanJoinDuckDBOfflineStore"
-
-
-def render_config(settings: Settings) -> dict:
-    """The feature_store.yaml content for these settings (embedded or production profile)."""
-    feast_dir = settings.feast_dir
-    if settings.feast_registry_url:
-        registry = {
-            "registry_type": "sql",
-            "path": settings.feast_registry_url,
-            "cache_ttl_seconds": 60,
-        }
-    else:
-        registry = {"path": str(feast_dir / "registry.db"), "cache_ttl_seconds": 60}
-    if settings.feast_online_store == "redis":
-        online = {"type": "redis", "connection_string": settings.feast_redis_url}
-    else:
-        online = {"type": SQLITE_ONLINE_STORE, "path": str(feast_dir / "online.db")}
-    return {
-        "project": settings.feast_project,
-        "provider": "local",
-        "registry": registry,
-        # The file offline store silently drops entity rows without a feature row in TTL.
-        "offline_store": {"type": OFFLINE_STORE},
-        "online_store": online,
-        "entity_key_serialization_version": 3,
-        "auth": {"type": "no_auth"},
-    }
-
-
-def write_config(settings: Settings) -> Path:
-    settings.feast_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.feast_dir / "feature_store.yaml"
-    text = yaml.safe_dump(render_config(settings), sort_keys=False)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-    return path
 
 
 def get_store(settings: Settings) -> FeatureStore:
-    from feast import FeatureStore
-
     return FeatureStore(repo_path=str(FEATURE_REPO), fs_yaml_file=write_config(settings))
 
 
@@ -94,11 +49,6 @@ def _fresh_definitions() -> Iterator[None]:
 
 def apply(settings: Settings) -> None:
     """``feast apply``: register the definitions of ``feature_repo/`` in the registry."""
-    from feast.repo_config import load_repo_config
-    from feast.repo_operations import apply_total
-
-    from pipelines.config import get_settings
-
     get_settings.cache_clear()  # the definitions read the settings of this call's environment
     config = load_repo_config(FEATURE_REPO, write_config(settings))
     with _fresh_definitions():
@@ -124,10 +74,6 @@ def materialize(settings: Settings, end: dt.datetime) -> str:
 
 def latest_feature_time(settings: Settings) -> dt.datetime | None:
     """The newest event timestamp in the Spark feature tables (None if there are none)."""
-    import duckdb
-
-    from pipelines.features.job import CUSTOMER_TABLE, TERMINAL_LABEL_TABLE, TERMINAL_TABLE
-
     # The entity states (the pair table only says when a pair last met).
     tables = [
         settings.features_dir / t for t in (CUSTOMER_TABLE, TERMINAL_TABLE, TERMINAL_LABEL_TABLE)

@@ -24,7 +24,7 @@ from pipelines.contracts import (
     PREDICTION_LOG_IDENTIFIERS,
 )
 from pipelines.lake import day_files, days_between
-from pipelines.transform.dbt import mart_file
+from pipelines.transform.mart import mart_file, read_labels
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -165,27 +165,18 @@ def prediction_profile_frame(log: pd.DataFrame) -> pd.DataFrame:
 def read_labelled_scores(
     settings: Settings, first: dt.date, last: dt.date, model_version: str | None
 ) -> pd.DataFrame | None:
-    """Scores of ``model_version`` (any version if None) for days whose labels have arrived,
-    joined with their labels from the mart: columns tx_day, customer_id, tx_fraud, score."""
+    """Scores of ``model_version`` (any version if None) for transactions whose labels have
+    arrived (``transform.mart.read_labels``): columns tx_day, customer_id, tx_fraud, score."""
 
     log = read_prediction_log(settings, first, last)
-    path = mart_file(settings)
-    if log is None or not path.exists():
+    if log is None:
         return None
     if model_version is not None:
         log = log[log["model_version"].astype(str) == str(model_version)]
-    if log.empty:
+    scores = log[["transaction_id", "fraud_probability"]].rename(
+        columns={"fraud_probability": "score"}
+    )
+    frame = read_labels(settings, first, last).merge(scores, on="transaction_id")
+    if frame.empty:
         return None
-    with duckdb.connect() as con:
-        con.register("scores", log[["transaction_id", "fraud_probability"]])
-        frame = con.execute(
-            """
-            select cast(timezone('UTC', m.tx_datetime) as date) as tx_day, m.customer_id,
-                   m.tx_fraud, s.fraud_probability as score
-            from scores s join read_parquet(?) m using (transaction_id)
-            where m.tx_fraud is not null
-            order by m.tx_datetime, m.transaction_id
-            """,
-            [str(path)],
-        ).df()
-    return frame if len(frame) else None
+    return frame[["tx_day", "customer_id", "tx_fraud", "score"]].reset_index(drop=True)

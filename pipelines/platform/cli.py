@@ -259,7 +259,7 @@ def feast_ui(
     port: int | None = typer.Option(None, help="Port; default FRAUD_FEAST_UI_PORT."),
 ) -> None:
     """Run the Feast UI in the foreground over the rendered feature_store.yaml (``FeastUI``)."""
-    from pipelines.featurestore.store import write_config
+    from pipelines.featurestore.repo import write_config
     from pipelines.platform.lineage import FeastUI, feast_ui_command
 
     settings = get_settings()

@@ -22,9 +22,11 @@ import sys
 from pathlib import Path
 
 from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.featurestore.repo import FEATURE_REPO, write_config
 from pipelines.lake import write_text_atomic
 from pipelines.platform.mlflow import healthy
 from pipelines.platform.process import ManagedProcess, wait_until
+from pipelines.transform.mart import docs_dir
 
 PLACEHOLDER_MARK = "<!-- fraud-platform: dbt docs not generated yet -->"
 
@@ -87,8 +89,6 @@ class DbtDocsSite:
 
     @property
     def directory(self) -> Path:
-        from pipelines.transform.dbt import docs_dir
-
         return docs_dir(self.settings)
 
     def process(self) -> ManagedProcess:
@@ -113,8 +113,6 @@ class DbtDocsSite:
 
 # --- Feast UI -----------------------------------------------------------------------------
 def feast_ui_command(feature_store_yaml: Path, host: str, port: int) -> list[str]:
-    from pipelines.featurestore.store import FEATURE_REPO
-
     return [
         _bin("feast"),
         "--chdir",
@@ -151,8 +149,6 @@ class FeastUI:
     def up(self, timeout: float = 120.0) -> None:
         """Render feature_store.yaml, start the UI and wait for its ``/health`` (~10-40 s:
         it imports the whole of Feast)."""
-        from pipelines.featurestore.store import write_config
-
         write_config(self.settings)  # the same file `feast apply` and the DAG tasks render
         proc = self.process()
         proc.start(self.env(), cwd=PROJECT_ROOT)

@@ -42,7 +42,7 @@ def first_labelled_day_needed(settings: Settings, test_end: dt.date) -> dt.date:
 def mart_first_day(settings: Settings) -> dt.date | None:
     import duckdb
 
-    from pipelines.transform.dbt import mart_file
+    from pipelines.transform.mart import mart_file
 
     path = mart_file(settings)
     if not path.exists():

@@ -30,14 +30,10 @@ import duckdb
 import pandas as pd
 
 from pipelines.config import Settings
-from pipelines.featurestore.store import (
-    FEATURE_SERVICE,
-    get_store,
-    historical_features,
-    training_entities,
-)
+from pipelines.featurestore.repo import FEATURE_SERVICE
+from pipelines.featurestore.store import get_store, historical_features, training_entities
 from pipelines.protocol import SplitWindows
-from pipelines.transform.dbt import mart_file
+from pipelines.transform.mart import mart_file
 
 log = logging.getLogger(__name__)
 

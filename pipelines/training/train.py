@@ -39,7 +39,7 @@ import numpy as np
 from mlflow.models import infer_signature
 
 from pipelines.config import Settings
-from pipelines.featurestore.store import FEATURE_SERVICE
+from pipelines.featurestore.repo import FEATURE_SERVICE
 from pipelines.metrics import assess, ranking_metrics
 from pipelines.monitoring.whylogs_compat import write_profile
 from pipelines.protocol import SplitWindows
@@ -47,7 +47,7 @@ from pipelines.registry import promotion, tracking, versions
 from pipelines.training import dataset, distributed, ensemble, steps, tune, tune_workers
 from pipelines.training.artifacts import plot_precision_recall, plot_roc, plot_search_history
 from pipelines.training.model import FraudScorer, configure_threads
-from pipelines.transform.dbt import mart_file
+from pipelines.transform.mart import mart_file
 
 log = logging.getLogger(__name__)
 

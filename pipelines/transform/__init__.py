@@ -1,11 +1,4 @@
-"""Transformation layer: the dbt project (raw lake -> DuckDB warehouse -> Parquet marts)."""
+"""Transformation layer: the dbt project (raw lake -> DuckDB warehouse -> Parquet marts).
 
-from pipelines.transform.dbt import (
-    DbtBuildError,
-    DbtBuildResult,
-    mart_file,
-    marts_path,
-    run_dbt_build,
-)
-
-__all__ = ["DbtBuildError", "DbtBuildResult", "mart_file", "marts_path", "run_dbt_build"]
+``dbt``: runs the project (imports dbt). ``mart``: the marts' paths and readers (no dbt).
+"""

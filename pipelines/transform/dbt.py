@@ -1,8 +1,8 @@
 """Run the dbt project in process: raw lake Parquet -> DuckDB warehouse -> Parquet marts.
 
 ``dbtRunner`` instead of a ``dbt`` subprocess: a later invocation in the same process costs
-~0.3 s instead of a ~5 s CLI start. dbt is imported inside the functions that run it: the
-mart's paths (``mart_file``, ``docs_dir``) are imported by light processes too.
+~0.3 s instead of a ~5 s CLI start. The marts' paths and readers are in ``mart`` (no dbt
+import), for the light processes that need them.
 
 The project reads its paths from ``FRAUD_WAREHOUSE_PATH`` and ``FRAUD_LAKE_DIR``; they are set
 from the Settings object for the duration of the call, so the project runs the same from here,
@@ -20,13 +20,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dbt.cli.main import dbtRunner
+
 from pipelines.config import PROJECT_ROOT, Settings
 from pipelines.lake import copy_atomic
+from pipelines.transform.mart import docs_dir, marts_path
 
 log = logging.getLogger(__name__)
 
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
-FCT_TRANSACTIONS = "fct_transactions"
 # DuckDB's COPY writes "tmp_<file>" beside the target, then renames it over the target.
 _DUCKDB_TMP_PREFIX = "tmp_"
 # dbtRunner is not thread-safe and the env vars below are process-wide: one build at a time.
@@ -50,25 +52,6 @@ class DbtBuildResult:
     warnings: tuple[str, ...]  # names of the warning tests
     elapsed_seconds: float
     mart_path: Path  # directory of the fct_transactions export (what Spark reads)
-
-
-def marts_path(settings: Settings, model: str = FCT_TRANSACTIONS) -> Path:
-    """Directory holding the Parquet export of a mart (location set in the model's config)."""
-    return settings.marts_dir / model
-
-
-def mart_file(settings: Settings, model: str = FCT_TRANSACTIONS) -> Path:
-    """The single Parquet file of a mart's export.
-
-    Prefer it to a glob over the directory: while dbt rewrites the export, DuckDB's temporary
-    ``tmp_<name>.parquet`` sits beside it and would match ``*.parquet``.
-    """
-    return marts_path(settings, model) / f"{model}.parquet"
-
-
-def docs_dir(settings: Settings) -> Path:
-    """The dbt docs site (index.html + manifest.json + catalog.json) that ``make up`` serves."""
-    return settings.home / "dbt-docs"
 
 
 def _state_dir(settings: Settings) -> Path:
@@ -152,8 +135,6 @@ def run_dbt_build(settings: Settings, select: str | None = None) -> DbtBuildResu
     A failing test stops its downstream models (dbt skips them), so a bad raw file never reaches
     the exported mart: the previous export stays in place.
     """
-    from dbt.cli.main import dbtRunner
-
     if not any(settings.raw_transactions_dir.glob("date=*/*.parquet")):
         raise DbtBuildError(
             f"no raw transactions under {settings.raw_transactions_dir}: ingest at least one day "
@@ -239,8 +220,6 @@ def generate_docs(settings: Settings) -> DbtDocsResult:
     cheap right after one. The catalog (tables and column types) is read from the DuckDB file;
     the lineage graph comes from the manifest. Raises DbtBuildError when dbt fails.
     """
-    from dbt.cli.main import dbtRunner
-
     if not settings.warehouse_path.exists():
         raise DbtBuildError(
             f"no warehouse at {settings.warehouse_path}: run the dbt build before the docs"

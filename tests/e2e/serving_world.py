@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from pipelines.config import Settings
 from pipelines.featurestore import store
 from pipelines.platform.scoring import SERVICE, BentoProcess
-from pipelines.transform.dbt import mart_file
+from pipelines.transform.mart import mart_file
 from tests.worlds import world_copy
 
 MAX_BATCH = 5

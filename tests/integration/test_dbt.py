@@ -22,7 +22,8 @@ from pipelines.config import Settings, load_settings
 from pipelines.ingest import schema
 from pipelines.ingest.daily import ingest_day, ingest_days
 from pipelines.lake import part_path, write_parquet_atomic
-from pipelines.transform.dbt import DbtBuildError, mart_file, marts_path, run_dbt_build
+from pipelines.transform.dbt import DbtBuildError, run_dbt_build
+from pipelines.transform.mart import mart_file, marts_path
 
 FIRST_DAY = dt.date(2018, 4, 1)
 N_DAYS = 12

@@ -1,5 +1,5 @@
 """The experiment analysis end to end on its real inputs and outputs: a prediction log written
-by the service's log writer, labels in the raw lake, the MLflow registry (SQLite) whose aliases
+by the service's log writer, labels in the dbt mart, the MLflow registry (SQLite) whose aliases
 a decision moves, the JSON record and the CLI."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pipelines import contracts
 from pipelines.experiment.analysis import analyze
 from pipelines.experiment.cli import experiment_app
 from pipelines.experiment.statistics import AnalysisConfig
-from pipelines.ingest import schema
-from pipelines.lake import part_path, write_parquet_atomic
+from pipelines.lake import write_parquet_atomic
 from pipelines.registry import promotion, tracking, versions
+from pipelines.transform.mart import mart_file
 from serving.prediction_log import PredictionLog
 from tests.unit.test_experiment_analysis import simulate
 
@@ -40,7 +40,7 @@ def _aliases(settings) -> dict[str, str]:
 
 
 def _write_experiment(settings, frame: pd.DataFrame, versions: dict[str, str]) -> None:
-    """The frame as the service logs it (through its log writer) plus its labels in the lake."""
+    """The frame as the service logs it (through its log writer) plus its labels in the mart."""
     frame = frame.copy()
     frame["model_version"] = frame["model_version"].map(versions)
     frame["shadow_model_version"] = frame["shadow_model_version"].map(versions)
@@ -58,20 +58,16 @@ def _write_experiment(settings, frame: pd.DataFrame, versions: dict[str, str]) -
         row["request_time"] = row["request_time"].to_pydatetime()
     prediction_log.append(rows)
     prediction_log.close()
-    for day, labels in frame.groupby("tx_day"):
-        table = pa.Table.from_pandas(
-            pd.DataFrame(
-                {
-                    "transaction_id": labels["transaction_id"].astype("int64"),
-                    "tx_fraud": labels["tx_fraud"].astype("int8"),
-                    "tx_fraud_scenario": labels["tx_fraud"].astype("int8"),
-                    "label_available_at": pd.Timestamp(LAST_DAY, tz="UTC"),
-                }
-            ),
-            schema=schema.LABELS,
-            preserve_index=False,
-        )
-        write_parquet_atomic(table, part_path(settings.raw_labels_dir, day, "simulated"))
+    # The labels as the mart holds them once they have arrived (what read_labels reads).
+    mart_rows = pd.DataFrame(
+        {
+            "transaction_id": frame["transaction_id"].astype("int64"),
+            "tx_datetime": frame["tx_datetime"],
+            "customer_id": frame["customer_id"].astype("int64"),
+            "tx_fraud": frame["tx_fraud"].astype("Int64"),
+        }
+    )
+    write_parquet_atomic(pa.Table.from_pandas(mart_rows, preserve_index=False), mart_file(settings))
 
 
 def test_ship_promotes_the_challenger_records_it_and_can_be_rolled_back(settings):

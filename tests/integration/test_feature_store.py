@@ -18,7 +18,7 @@ import pytest
 from pipelines.config import Settings
 from pipelines.features.job import RECENT_EVENT_COLUMNS
 from pipelines.featurestore import store
-from pipelines.transform.dbt import mart_file
+from pipelines.transform.mart import mart_file
 from tests.worlds import LABEL_DELAY_DAYS, world_copy
 
 DELAY = LABEL_DELAY_DAYS

@@ -168,7 +168,7 @@ def _log_predictions(settings: Settings, days: list[dt.date], noisy_from: dt.dat
     import duckdb
     import numpy as np
 
-    from pipelines.transform.dbt import mart_file
+    from pipelines.transform.mart import mart_file
     from serving.prediction_log import PredictionLog
 
     with duckdb.connect() as con:

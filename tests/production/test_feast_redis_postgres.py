@@ -17,7 +17,7 @@ import threading
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.featurestore import store
+from pipelines.featurestore import repo, store
 from serving.schemas import Transaction
 from serving.stream import card_locks, push_payments, read_states
 from tests.production.conftest import (
@@ -122,7 +122,7 @@ def test_the_production_profile_really_uses_redis_and_postgres(profiles, redis_c
     _, production, registry_db = profiles
     # Online rows are in Redis under this project, and no SQLite store or file registry exists.
     assert len(redis_keys(redis_client, PROJECT)) > 0
-    assert store.render_config(production)["online_store"]["type"] == "redis"
+    assert repo.render_config(production)["online_store"]["type"] == "redis"
     assert not (production.feast_dir / "online.db").exists()
     assert not (production.feast_dir / "registry.db").exists()
     assert database_exists(registry_db)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.training.bootstrap import first_labelled_day_needed, first_model_verdict
-from pipelines.transform.dbt import mart_file
+from pipelines.transform.mart import mart_file
 
 LABEL_DELAY = 7
 

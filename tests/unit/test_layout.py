@@ -156,12 +156,8 @@ LAZY_IMPORTS = {
     "pipelines.training.cli": "CLI startup",
     "pipelines.monitoring.cli": "CLI startup",
     "pipelines.experiment.cli": "CLI startup",
-    # Imported for their paths and names by light processes (`services status`, the
-    # launchers, `bentoml build` and the scoring server's parent): Feast, dbt, torch and
-    # MLflow load in the functions (the service: its workers' __init__) that use them.
-    "pipelines.featurestore.store": "light importers: Feast in its functions",
-    "pipelines.transform.dbt": "light importers: dbt in its functions",
-    "pipelines.platform.lineage": "a launcher: the UIs run in child processes",
+    # BentoML's convention: the service's workers load torch, Feast and MLflow in __init__, so
+    # `bentoml build` and the server's parent, which import the module, start fast.
     "serving.service": "bentoml build and the server's parent import it",
     # Shipped alone to a Spark cluster, and imported by Feast's views and serving for its
     # constants: PySpark only where the job runs.
