@@ -108,7 +108,7 @@ def run_seed(seed: int, home: Path, budget: int, trials: int) -> dict:
         "seed": seed,
         "ours": ours,
         "logistic_regression": baseline,
-        "difference_interval": paired_bootstrap(test, our_scores, baseline_scores),
+        "difference_interval": difference_interval(test, our_scores, baseline_scores),
         "ceiling": ceilings(data),
         "trials": outcome.study["finished_trials"],
         "best_validation_ap": outcome.study["best_value"],
@@ -139,32 +139,24 @@ def logistic_regression(data: ProtocolData) -> tuple[dict, np.ndarray]:
     return ranking_metrics(test.tx_day, test.customer_id, labels, scores), scores
 
 
-def paired_bootstrap(
-    test: pd.DataFrame, ours: np.ndarray, baseline: np.ndarray, draws: int = 200, seed: int = 0
+def difference_interval(
+    test: pd.DataFrame, ours: np.ndarray, baseline: np.ndarray
 ) -> dict[str, list[float]]:
-    """95 % interval of (ours - baseline) per metric over ``draws`` resamples of the test
-    week's cards with replacement (a card's transactions move together; a card drawn twice
-    counts as two cards for CP@100). Both models are scored on the same resample."""
-    import numpy as np
-    import pandas as pd
+    """95 % interval of (ours - baseline) per metric from a paired bootstrap over the test
+    week's cards (``pipelines.metrics.paired_card_bootstrap``), as JSON-ready lists."""
+    from pipelines.metrics import paired_card_bootstrap
 
-    from pipelines.metrics import ranking_metrics
-
-    codes, cards = pd.factorize(test.customer_id)
-    order = np.argsort(codes, kind="stable")
-    rows_of_card = np.split(order, np.cumsum(np.bincount(codes))[:-1])
-    days, labels = test.tx_day.to_numpy(), test.tx_fraud.to_numpy()
-    rng = np.random.default_rng(seed)
-    differences: dict[str, list[float]] = {m: [] for m in METRICS}
-    for _ in range(draws):
-        drawn = rng.integers(0, len(cards), len(cards))
-        rows = np.concatenate([rows_of_card[c] for c in drawn])
-        card = np.repeat(np.arange(drawn.size), [rows_of_card[c].size for c in drawn])
-        a = ranking_metrics(days[rows], card, labels[rows], ours[rows])
-        b = ranking_metrics(days[rows], card, labels[rows], baseline[rows])
-        for m in METRICS:
-            differences[m].append(a[m] - b[m])
-    return {m: [float(v) for v in np.percentile(d, [2.5, 97.5])] for m, d in differences.items()}
+    intervals = paired_card_bootstrap(
+        test.tx_day.to_numpy(),
+        test.customer_id.to_numpy(),
+        test.tx_fraud.to_numpy(),
+        ours,
+        baseline,
+        draws=200,
+        seed=0,
+        alpha=0.05,
+    )
+    return {m: list(intervals[m]) for m in METRICS}
 
 
 def ceilings(data: ProtocolData) -> dict:
@@ -350,7 +342,7 @@ def _load_seed(workdir: Path, seed: int) -> dict:
         model_uri = steps.read(run_dir, steps.FinalModel)["model_uri"]
         test = data.frames["test"]
         _, baseline_scores = logistic_regression(data)
-        result["difference_interval"] = paired_bootstrap(
+        result["difference_interval"] = difference_interval(
             test, score_with(model_uri, test), baseline_scores
         )
     return result

@@ -10,6 +10,9 @@
   CP@k(day) = fraudulent cards among the top k / k, even when the day has fewer than k cards;
   the fraudulent cards of that top k join the detected set; the result is the mean over days.
 * precision and recall of the alerts at an operating threshold (score >= threshold).
+* the bootstrap over cards: ``card_draw_weights`` (one draw of cards with replacement, as row
+  weights) and ``paired_card_bootstrap`` (the interval of a two-model difference in every
+  ranking metric, both models scored on the same draws).
 """
 
 from __future__ import annotations
@@ -178,3 +181,69 @@ def assess(
         "alerts_at_threshold": float(op.alerts),
         "threshold": op.threshold,
     }
+
+
+def card_draw_weights(codes: np.ndarray, n_cards: int, rng: np.random.Generator) -> np.ndarray:
+    """One bootstrap draw of ``n_cards`` cards with replacement, as row weights.
+
+    ``codes``: each row's card as an integer in ``[0, n_cards)``. Returns, per row, how many
+    times its card was drawn (int64, 0 when it was not): a card's transactions move together,
+    since they are not independent (frauds come in bursts per compromised card). The weights
+    sum to the number of rows of the resample. Exactly one ``rng.integers(0, n_cards, n_cards)``
+    call per draw, so a seeded caller's draws are reproducible.
+    """
+    counts = np.bincount(rng.integers(0, n_cards, n_cards), minlength=n_cards)
+    return counts[np.asarray(codes)].astype(np.int64)
+
+
+def paired_card_bootstrap(
+    days: Sequence,
+    cards: Sequence[int],
+    labels: Sequence[int],
+    scores_a: Sequence[float],
+    scores_b: Sequence[float],
+    *,
+    draws: int = 200,
+    seed: int = 0,
+    alpha: float = 0.05,
+    k: int = CARD_PRECISION_K,
+) -> dict[str, tuple[float, float]]:
+    """The ``1 - alpha`` percentile interval of metric(a) - metric(b) for every metric of
+    ``ranking_metrics``, over ``draws`` resamples of the cards with replacement.
+
+    Paired: both models are scored on the same resample. A card drawn j times contributes j
+    copies of its rows, each copy under a card id of its own, so for CP@k it counts as j
+    distinct cards (as j customers would). Raises ``ValueError`` when a resample lacks a
+    class (AUC and AP are undefined there), as ``ranking_metrics`` does.
+    """
+    if draws < 1:
+        raise ValueError("draws must be >= 1")
+    if not 0 < alpha < 1:
+        raise ValueError("alpha must be in (0, 1)")
+    y, a = _as_arrays(labels, scores_a)
+    _, b = _as_arrays(labels, scores_b)
+    day = np.asarray(days).ravel()
+    card = np.asarray(cards, dtype=np.int64).ravel()
+    if not (day.size == card.size == y.size == b.size):
+        raise ValueError("days, cards, labels and both score columns must have the same length")
+    # Codes in ascending card id: with every weight 1 the resample keeps CP@k's tie order.
+    ids, codes = np.unique(card, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    differences: dict[str, list[float]] = {}
+    for _ in range(draws):
+        weights = card_draw_weights(codes, ids.size, rng)
+        rows = np.repeat(np.arange(y.size), weights)
+        # Copy j of a row belongs to copy j of its card: card ids code * max_copies + j.
+        first = np.repeat(np.cumsum(weights) - weights, weights)
+        copy = np.arange(rows.size) - first
+        copy_card = codes[rows] * max(int(weights.max()), 1) + copy
+        metric_a = ranking_metrics(day[rows], copy_card, y[rows], a[rows], k)
+        metric_b = ranking_metrics(day[rows], copy_card, y[rows], b[rows], k)
+        for name, value in metric_a.items():
+            differences.setdefault(name, []).append(value - metric_b[name])
+    quantiles = [100 * alpha / 2, 100 * (1 - alpha / 2)]
+    intervals: dict[str, tuple[float, float]] = {}
+    for name, values in differences.items():
+        low, high = np.percentile(values, quantiles)
+        intervals[name] = (float(low), float(high))
+    return intervals

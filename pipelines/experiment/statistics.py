@@ -2,7 +2,7 @@
 
 Pure functions of a frame of prediction-log rows joined with their labels (``analysis.py``
 reads them, acts on the decision and records it): no I/O, no registry, no settings. The only
-project import is ``pipelines.metrics``, the handbook's AP and CP@k.
+project import is ``pipelines.metrics``: the handbook's AP and CP@k, and the draw of cards.
 
 Which rows count:
 
@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from pipelines.metrics import average_precision, card_precision_at_k
+from pipelines.metrics import average_precision, card_draw_weights, card_precision_at_k
 
 ExperimentDecision = Literal["ship", "iterate", "kill"]
 Mode = Literal["ab", "shadow"]
@@ -160,13 +160,6 @@ class _SortedScores:
         return float(np.sum(recall_step * precision))
 
 
-def _customer_weights(codes: np.ndarray, n_customers: int, rng: np.random.Generator):
-    """Row weights of one bootstrap draw of customers (with replacement)."""
-
-    counts = np.bincount(rng.integers(0, n_customers, n_customers), minlength=n_customers)
-    return counts[codes].astype("float64")
-
-
 def bootstrap_difference(
     control: pd.DataFrame,
     treatment: pd.DataFrame,
@@ -196,8 +189,8 @@ def bootstrap_difference(
     t_sorted, t_codes, t_n = prepared(treatment)
     diffs = np.empty(n_bootstrap)
     for b in range(n_bootstrap):
-        c_w = _customer_weights(c_codes, c_n, rng)
-        t_w = c_w if paired else _customer_weights(t_codes, t_n, rng)
+        c_w = card_draw_weights(c_codes, c_n, rng).astype("float64")
+        t_w = c_w if paired else card_draw_weights(t_codes, t_n, rng).astype("float64")
         diffs[b] = t_sorted.average_precision(t_w) - c_sorted.average_precision(c_w)
     diffs = diffs[np.isfinite(diffs)]
     low, high = np.percentile(diffs, [100 * alpha / 2, 100 * (1 - alpha / 2)])

@@ -129,3 +129,80 @@ def test_assess_names_every_metric():
         "threshold",
     }
     assert out["roc_auc"] == 1.0 and out["card_precision_at_100"] == pytest.approx(0.01)
+
+
+# --- the bootstrap over cards ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_card_draw_weights_are_card_constant_and_count_the_drawn_rows(seed):
+    rng = np.random.default_rng(100 + seed)
+    n_cards = 40
+    codes = rng.integers(0, n_cards, 500)
+    codes[:n_cards] = np.arange(n_cards)  # every card has a row
+    weights = metrics.card_draw_weights(codes, n_cards, np.random.default_rng(seed))
+    assert weights.shape == codes.shape and weights.dtype.kind == "i"
+    for card in range(n_cards):
+        assert np.unique(weights[codes == card]).size == 1
+    # The same draw by hand: each drawn card brings all its rows, once per time drawn.
+    drawn = np.random.default_rng(seed).integers(0, n_cards, n_cards)
+    rows_of_card = np.bincount(codes, minlength=n_cards)
+    assert weights.sum() == rows_of_card[drawn].sum()
+    per_card = np.zeros(n_cards, dtype=np.int64)
+    per_card[codes] = weights
+    assert per_card.sum() == n_cards and not np.all(per_card == 1)
+
+
+def _card_week(seed: int, n_cards: int = 300) -> tuple[np.ndarray, ...]:
+    """A week of rows: ~10 per card, frauds on 10 % of the cards."""
+    rng = np.random.default_rng(seed)
+    cards = rng.integers(0, n_cards, 10 * n_cards) + 1000
+    days = rng.integers(1, 8, cards.size)
+    fraud_cards = rng.random(n_cards) < 0.1
+    labels = (fraud_cards[cards - 1000] & (rng.random(cards.size) < 0.5)).astype(int)
+    return days, cards, labels
+
+
+def test_paired_card_bootstrap_of_identical_scores_is_exactly_zero():
+    days, cards, labels = _card_week(0)
+    scores = np.random.default_rng(1).random(cards.size)
+    out = metrics.paired_card_bootstrap(days, cards, labels, scores, scores.copy(), draws=20)
+    assert set(out) == set(metrics.ranking_metrics(days, cards, labels, scores))
+    assert all(interval == (0.0, 0.0) for interval in out.values())
+
+
+def test_paired_card_bootstrap_finds_a_clearly_better_model():
+    days, cards, labels = _card_week(2)
+    rng = np.random.default_rng(3)
+    good = labels + rng.random(cards.size)  # frauds above most genuine rows
+    random = rng.random(cards.size)
+    out = metrics.paired_card_bootstrap(days, cards, labels, good, random, draws=50, seed=4)
+    low, high = out["average_precision"]
+    assert 0 < low <= high
+    reverse = metrics.paired_card_bootstrap(days, cards, labels, random, good, draws=50, seed=4)
+    assert reverse["average_precision"][1] < 0
+
+
+def test_paired_card_bootstrap_counts_a_card_drawn_twice_as_two_cards(monkeypatch):
+    # One day, k=2. Card 7: a fraud; card 8: genuine; card 9: genuine. Every draw: card 7
+    # twice, card 8 once, card 9 not at all.
+    days, cards, labels = [1, 1, 1], [7, 8, 9], [1, 0, 0]
+    fraud_first = [0.9, 0.5, 0.1]  # top 2: the two copies of card 7 -> CP@2 = 2/2
+    genuine_first = [0.5, 0.9, 0.1]  # top 2: card 8, a copy of card 7 -> CP@2 = 1/2
+
+    def fixed_draw(codes, n_cards, rng):
+        return np.array([2, 1, 0])[codes]
+
+    monkeypatch.setattr(metrics, "card_draw_weights", fixed_draw)
+    out = metrics.paired_card_bootstrap(
+        days, cards, labels, fraud_first, genuine_first, draws=3, k=2
+    )
+    # Were the copies one card, both tops would hold card 7 and card 8: a difference of 0.
+    assert out["card_precision_at_2"] == (0.5, 0.5)
+
+
+def test_paired_card_bootstrap_rejects_bad_input():
+    with pytest.raises(ValueError):
+        metrics.paired_card_bootstrap([1, 1], [1, 2], [1, 0], [0.5, 0.1], [0.4], draws=5)
+    with pytest.raises(ValueError):
+        metrics.paired_card_bootstrap([1, 1], [1, 2], [1, 0], [0.5, 0.1], [0.4, 0.2], draws=0)
