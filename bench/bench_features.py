@@ -7,7 +7,10 @@ Builds a temporary lake of the handbook's world (5,000 customers, 10,000 termina
 on FRAUD_SPARK_MASTER, JVM start included), feast apply and materialization. The baseline,
 measured in the same run on the same mart: the handbook's 14 features as one DuckDB SQL query
 (window functions with RANGE intervals) — the floor a feature pipeline on one machine meets.
-Our job computes more (strict label arrival, velocity, novelty) and runs unchanged on a cluster.
+Our job writes a different shape of the same information: the customer's payments of the last
+30 days as of each payment (from which the feature store's on-demand view computes the
+customer windows at any instant), terminal windows under strict label arrival, the terminals'
+newest labels and each customer-terminal pair's last use; and it runs unchanged on a cluster.
 """
 
 from __future__ import annotations

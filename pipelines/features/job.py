@@ -1,11 +1,14 @@
-"""Spark feature job: per-transaction customer and terminal features, point-in-time correct.
+"""Spark feature job: per-transaction customer state and terminal features, point-in-time correct.
 
 Run it with ``spark-submit pipelines/features/job.py --marts-dir M --features-dir F
 [--label-delay-days 7]``, on ``local[*]`` or a ``spark://`` master alike. Only this file ships
 to a cluster, so it imports nothing from the ``pipelines`` package (stdlib and pyspark only);
 ``pipelines.features.runner`` launches it from Python.
 
-It writes four tables (``*_TABLE`` below). What each feature means exactly (windows, label
+It writes four tables (``*_TABLE`` below). The customer table is state, not windows: the
+customer's payments of the last 30 days as of each transaction, from which the feature store's
+on-demand view (feature_repo/transaction_features.py) computes every customer window at the
+scored instant, in training and serving alike. What each column means exactly (windows, label
 delay, point-in-time rules, input and output contract) is specified in
 docs/data-and-features.md#feature-specification.
 """
@@ -23,9 +26,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 SECONDS_PER_DAY = 86_400
-SECONDS_PER_HOUR = 3_600
 WINDOW_DAYS = (1, 7, 30)
-NEW_TERMINAL_LOOKBACK_DAYS = 30
 # The customer's payments of the longest window, kept in every customer state row.
 RECENT_EVENTS_DAYS = max(WINDOW_DAYS)
 RECENT_EVENT_COLUMNS = (
@@ -57,13 +58,9 @@ INPUT_COLUMNS = {
 # Rows missing any of these cannot be placed in a window and are dropped (and counted).
 KEY_COLUMNS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")
 
-CUSTOMER_FEATURES = [
-    *[f for n in WINDOW_DAYS for f in (f"customer_nb_tx_{n}d", f"customer_avg_amount_{n}d")],
-    "customer_nb_tx_1h",
-    "customer_amount_ratio_30d",
-    "customer_seconds_since_prev_tx",
-    "customer_terminal_is_new",
-    # The state's own time, so request-time features can age it (seconds since this payment).
+CUSTOMER_STATE_COLUMNS = [
+    # The state's time in unix seconds: this payment's, the newest in the lists (Feast's
+    # customer_state view serves the lists only).
     "customer_last_tx_unix",
     *RECENT_EVENT_COLUMNS,
 ]
@@ -162,51 +159,21 @@ def _with_time_keys(tx: DataFrame) -> DataFrame:
     )
 
 
-# --- customer features ----------------------------------------------------------------------
+# --- customer state -------------------------------------------------------------------------
 
 
-def build_customer_features(tx: DataFrame) -> DataFrame:
-    """One row per transaction: the customer's spending windows and behaviour changes."""
+def build_customer_state(tx: DataFrame) -> DataFrame:
+    """One row per transaction: the customer's state after it, i.e. their recent payments.
+
+    No window is computed here: the feature store's on-demand view counts and averages the
+    windows from these lists at the scored instant (one implementation for training and
+    serving alike).
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     tx = _with_time_keys(tx)
-    by_customer = Window.partitionBy("customer_id").orderBy("ts_seconds")
-
-    def trailing(seconds: int) -> Window:
-        # (t - seconds, t] on whole seconds: the lower bound is exclusive, peers included.
-        return by_customer.rangeBetween(-seconds + 1, 0)
-
-    features: dict[str, Column] = {}
-    for n in WINDOW_DAYS:
-        w = trailing(n * SECONDS_PER_DAY)
-        features[f"customer_nb_tx_{n}d"] = F.count(F.lit(1)).over(w)
-        features[f"customer_avg_amount_{n}d"] = F.avg("tx_amount").over(w)
-    features["customer_nb_tx_1h"] = F.count(F.lit(1)).over(trailing(SECONDS_PER_HOUR))
-
-    w30 = trailing(30 * SECONDS_PER_DAY)
-    others_count = F.count(F.lit(1)).over(w30) - 1
-    # Divide only inside the WHEN: Spark 4 runs in ANSI mode, where x / 0 raises. NULL (no
-    # other transaction) and a non-positive mean both fall through to the neutral 1.0.
-    others_mean = F.when(
-        others_count > 0, (F.sum("tx_amount").over(w30) - F.col("tx_amount")) / others_count
-    )
-    features["customer_amount_ratio_30d"] = F.when(
-        others_mean > 0, F.col("tx_amount") / others_mean
-    ).otherwise(F.lit(1.0))
-
-    # Ties in the same microsecond are broken by transaction_id so "previous" is deterministic.
-    in_order = Window.partitionBy("customer_id").orderBy("ts_micros", "transaction_id")
-    previous = F.lag("ts_micros").over(in_order)
-    features["customer_seconds_since_prev_tx"] = (F.col("ts_micros") - previous) / 1e6
-
-    at_terminal = (
-        Window.partitionBy("customer_id", "terminal_id")
-        .orderBy("ts_seconds")
-        .rangeBetween(-NEW_TERMINAL_LOOKBACK_DAYS * SECONDS_PER_DAY + 1, 0)
-    )
-    features["customer_terminal_is_new"] = (F.count(F.lit(1)).over(at_terminal) == 1).cast("int")
-    features["customer_last_tx_unix"] = F.col("ts_seconds")
+    state: dict[str, Column] = {"customer_last_tx_unix": F.col("ts_seconds")}
 
     # The customer's recent payments as of this one (itself and every one at the same
     # microsecond included), from which the feature store computes exact windows at any later
@@ -218,15 +185,15 @@ def build_customer_features(tx: DataFrame) -> DataFrame:
         F.collect_list(payment).over(recent_frame),
         lambda e: e["ts_seconds"] > F.col("ts_seconds") - RECENT_EVENTS_DAYS * SECONDS_PER_DAY,
     )
-    features["customer_recent_tx_id"] = F.transform(recent, lambda e: e["transaction_id"])
-    features["customer_recent_tx_unix"] = F.transform(recent, lambda e: e["ts_seconds"])
-    features["customer_recent_tx_amount"] = F.transform(recent, lambda e: e["tx_amount"])
+    state["customer_recent_tx_id"] = F.transform(recent, lambda e: e["transaction_id"])
+    state["customer_recent_tx_unix"] = F.transform(recent, lambda e: e["ts_seconds"])
+    state["customer_recent_tx_amount"] = F.transform(recent, lambda e: e["tx_amount"])
 
     return tx.select(
         "customer_id",
         F.col("tx_datetime").alias("event_timestamp"),
         "transaction_id",
-        *[features[name].alias(name) for name in CUSTOMER_FEATURES],
+        *[state[name].alias(name) for name in CUSTOMER_STATE_COLUMNS],
     )
 
 
@@ -510,7 +477,7 @@ def run(spark: SparkSession, marts_dir: str, features_dir: str, delay_days: int)
     written = write_tables(
         spark,
         {
-            CUSTOMER_TABLE: build_customer_features(tx),
+            CUSTOMER_TABLE: build_customer_state(tx),
             TERMINAL_TABLE: build_terminal_features(tx, delay_days),
             TERMINAL_LABEL_TABLE: build_terminal_labels(tx),
             CUSTOMER_TERMINAL_TABLE: build_customer_terminal_history(tx),

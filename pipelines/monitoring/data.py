@@ -1,13 +1,15 @@
 """What monitoring reads: a day of transactions (from the mart) and a day of the prediction log.
 
-Transactions come with *context columns* recomputed from the mart in DuckDB, using the
-definitions of the Spark feature job (``pipelines/features/job.py``): the customer's
-transaction counts in the last hour and day (current one included), the amount relative to the
-customer's other transactions of the last 30 days, and whether the customer used this terminal
-in the last 30 days. They are what the drift scenarios move (spending, card testing bursts,
-customers at unfamiliar terminals) and they need neither Spark nor Feast, so the monitor runs
-as soon as the mart holds the day. The model's own inputs, as served, are monitored through
-the prediction log.
+Transactions come with *context columns*: the customer's transaction counts in the last hour
+and day (current one included), the amount relative to the customer's other transactions of
+the last 30 days, and whether the customer used this terminal in the last 30 days. They are
+what the drift scenarios move (spending, card testing bursts, customers at unfamiliar
+terminals). They are the on-demand view's features of the same names
+(``feature_repo/transaction_features.py``, what the model is trained and served on),
+recomputed here from the mart in DuckDB over the feature job's windows, so the monitor needs
+neither Spark nor Feast and runs as soon as the mart holds the day;
+``tests/integration/test_feature_store.py`` checks the two agree row for row. The model's own
+inputs, as served, are monitored through the prediction log.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pipelines.contracts import (
     PREDICTION_LOG_FEATURE_PREFIX,
     PREDICTION_LOG_IDENTIFIERS,
 )
+from pipelines.features.job import SECONDS_PER_DAY, WINDOW_DAYS
 from pipelines.lake import day_files, days_between
 from pipelines.transform.mart import mart_file, read_labels
 
@@ -31,7 +34,8 @@ if TYPE_CHECKING:
 
 
 # The longest window of the context columns: the mart is read this far before the day.
-CONTEXT_LOOKBACK_DAYS = 30
+CONTEXT_LOOKBACK_DAYS = max(WINDOW_DAYS)
+_HOUR, _DAY, _LONGEST = 3_600, SECONDS_PER_DAY, CONTEXT_LOOKBACK_DAYS * SECONDS_PER_DAY
 TRANSACTION_COLUMNS = [
     "tx_amount",
     "tx_hour",
@@ -46,9 +50,9 @@ TRANSACTION_COLUMNS = [
 # bookkeeping and timings (not model inputs; a latency "drift" is the machine's, not the data's).
 PREDICTION_LOG_KEYS = [*PREDICTION_LOG_IDENTIFIERS, *PREDICTION_LOG_EXPERIMENT_COLUMNS]
 
-# Windows as in the feature job: (t - w, t] on whole seconds; "1 preceding" leaves out the
+# Windows as in the on-demand view: (t - w, t] on whole seconds; "1 preceding" leaves out the
 # current transaction (and, with second resolution, others in the same second).
-_DAY_SQL = """
+_DAY_SQL = f"""
 with tx as (
     select transaction_id, tx_datetime, customer_id, terminal_id, tx_amount,
            tx_during_weekend, tx_during_night,
@@ -59,13 +63,17 @@ with tx as (
 windows as (
     select *,
         count(*) over (partition by customer_id order by ts
-                       range between 3599 preceding and current row) as customer_nb_tx_1h,
+                       range between {_HOUR - 1} preceding and current row)
+            as customer_nb_tx_1h,
         count(*) over (partition by customer_id order by ts
-                       range between 86399 preceding and current row) as customer_nb_tx_1d,
+                       range between {_DAY - 1} preceding and current row)
+            as customer_nb_tx_1d,
         avg(tx_amount) over (partition by customer_id order by ts
-                       range between 2591999 preceding and 1 preceding) as other_avg_30d,
+                       range between {_LONGEST - 1} preceding and 1 preceding)
+            as other_avg_30d,
         count(*) over (partition by customer_id, terminal_id order by ts
-                       range between 2591999 preceding and 1 preceding) as pair_before_30d
+                       range between {_LONGEST - 1} preceding and 1 preceding)
+            as pair_before_30d
     from tx
 )
 select
@@ -76,7 +84,7 @@ select
     cast(tx_during_weekend as bigint) as tx_during_weekend,
     customer_nb_tx_1h,
     customer_nb_tx_1d,
-    -- 1.0 when there is no earlier transaction to compare with, as the feature job does.
+    -- 1.0 when there is no earlier transaction to compare with, as the on-demand view does.
     coalesce(tx_amount / case when other_avg_30d > 0 then other_avg_30d end, 1.0)
         as customer_amount_ratio_30d,
     cast(pair_before_30d = 0 as bigint) as customer_terminal_is_new

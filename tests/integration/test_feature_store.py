@@ -18,6 +18,7 @@ import pytest
 from pipelines.config import Settings
 from pipelines.features.job import RECENT_EVENT_COLUMNS
 from pipelines.featurestore import store
+from pipelines.monitoring.data import read_transactions_day
 from pipelines.transform.mart import mart_file
 from tests.worlds import LABEL_DELAY_DAYS, world_copy
 
@@ -388,3 +389,34 @@ def test_payments_at_the_same_instant_are_all_folded_into_the_state(built):
     state = read_states(fs, [customer])[customer]
     assert state.ids == (70, 71, 72)
     assert state.event_time == when + dt.timedelta(seconds=2)
+
+
+def test_monitoring_context_columns_are_the_request_time_features(built, retrieved):
+    """Monitoring recomputes a few customer windows from the mart in DuckDB (it runs before
+    Spark and Feast); they must be the on-demand view's, which the model is trained and served
+    on, transaction for transaction."""
+    same = {
+        "tx_amount": "tx_amount",
+        "tx_during_night": "tx_during_night",
+        "tx_during_weekend": "tx_during_weekend",
+        "customer_nb_tx_1h": "customer_nb_tx_1h_now",
+        "customer_nb_tx_1d": "customer_nb_tx_1d_now",
+        "customer_amount_ratio_30d": "customer_amount_ratio_30d",
+        "customer_terminal_is_new": "customer_terminal_is_new",
+    }
+    days = sorted({ts.date() for ts in retrieved.event_timestamp})
+    checked = new_pairs = bursts = 0
+    for day in (days[3], days[len(days) // 2], days[-1]):
+        context = read_transactions_day(built, day)
+        served = retrieved.set_index("transaction_id").loc[context.transaction_id]
+        for column, feature in same.items():
+            np.testing.assert_allclose(
+                context[column].to_numpy("float64"),
+                served[feature].to_numpy("float64"),
+                rtol=1e-12,
+                err_msg=f"{day} {column}",
+            )
+        checked += len(context)
+        new_pairs += int(context.customer_terminal_is_new.sum())
+        bursts += int((context.customer_nb_tx_1h > 1).sum())
+    assert checked > 500 and new_pairs > 0 and bursts > 0

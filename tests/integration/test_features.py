@@ -1,7 +1,9 @@
-"""The Spark feature job for real (spark-submit through ``run_feature_job``), with every feature
+"""The Spark feature job for real (spark-submit through ``run_feature_job``), with every column
 of every row checked against a brute-force oracle written out plainly below: per row, filter the
-key's transactions by the window's definition and count/average them. No window functions, no
-cleverness, so that a disagreement points at the job.
+key's transactions by the window's definition and count/average them (the terminal's windows)
+or list them (the customer's state: their recent payments, from which the feature store's
+on-demand view computes the customer windows; tests/integration/test_feature_store.py checks
+those). No window functions, no cleverness, so that a disagreement points at the job.
 
 The fixture is a 40-day simulated ``fct_transactions`` shaped like the dbt mart (labels arrive
 D days after their transaction, as the ingest writes them, plus a random extra lag of up to 36 h
@@ -66,16 +68,6 @@ CUSTOMER_SCHEMA = pa.schema(
         ("customer_id", pa.int64()),
         ("event_timestamp", TS),
         ("transaction_id", pa.int64()),
-        ("customer_nb_tx_1d", pa.int64()),
-        ("customer_avg_amount_1d", pa.float64()),
-        ("customer_nb_tx_7d", pa.int64()),
-        ("customer_avg_amount_7d", pa.float64()),
-        ("customer_nb_tx_30d", pa.int64()),
-        ("customer_avg_amount_30d", pa.float64()),
-        ("customer_nb_tx_1h", pa.int64()),
-        ("customer_amount_ratio_30d", pa.float64()),
-        ("customer_seconds_since_prev_tx", pa.float64()),
-        ("customer_terminal_is_new", pa.int32()),
         ("customer_last_tx_unix", pa.int64()),
         ("customer_recent_tx_id", pa.list_(pa.int64())),
         ("customer_recent_tx_unix", pa.list_(pa.int64())),
@@ -149,11 +141,13 @@ HANDMADE = [
     (3, "2018-04-09 11:00:00", 10_003, LATE_TERMINAL, 30.0, None, None),
     (4, "2018-04-10 11:59:59", 10_003, LATE_TERMINAL, 30.0, None, None),
     (5, "2018-04-10 12:00:00", 10_003, LATE_TERMINAL, 30.0, None, None),
-    # One customer: exactly one day apart, one second later, then two in the same second.
+    # One customer: exactly one day apart, one second later, then two in the same second, and
+    # one exactly 30 days (the recent payments' span) after the first.
     (8, "2018-04-04 08:00:00", PEER_CUSTOMER, PEER_TERMINAL, 10.0, 0, "2018-04-12 00:00:00"),
     (9, "2018-04-04 08:00:01", PEER_CUSTOMER, PEER_TERMINAL, 20.0, 0, "2018-04-12 00:00:00"),
     (6, "2018-04-05 08:00:00", PEER_CUSTOMER, PEER_TERMINAL, 30.0, 0, "2018-04-13 00:00:00"),
     (7, "2018-04-05 08:00:00", PEER_CUSTOMER, PEER_TERMINAL, 60.0, 0, "2018-04-13 00:00:00"),
+    (10, "2018-05-04 08:00:00", PEER_CUSTOMER, PEER_TERMINAL, 40.0, None, None),
 ]
 
 
@@ -195,54 +189,39 @@ def _micros(values: pd.Series) -> np.ndarray:
     return ((values - EPOCH) // pd.Timedelta(microseconds=1)).fillna(-1).astype("int64").to_numpy()
 
 
-def oracle_customer_features(mart: pd.DataFrame) -> pd.DataFrame:
+def oracle_customer_state(mart: pd.DataFrame) -> pd.DataFrame:
+    """Per transaction: its whole second and the customer's payments up to it (to the
+    microsecond, same-microsecond peers included) whose second lies in (t - 30 days, t]."""
     records = []
     for _, rows in mart.groupby("customer_id"):
         ids = rows["transaction_id"].to_numpy()
         micros = _micros(rows["tx_datetime"])
         seconds = micros // 1_000_000
         amounts = rows["tx_amount"].to_numpy()
-        terminals = rows["terminal_id"].to_numpy()
         for i in range(len(rows)):
             t = seconds[i]
-            record = {"transaction_id": ids[i]}
-            for n in WINDOWS:
-                inside = (seconds > t - n * DAY) & (seconds <= t)
-                record[f"customer_nb_tx_{n}d"] = int(inside.sum())
-                record[f"customer_avg_amount_{n}d"] = float(amounts[inside].mean())
-            record["customer_nb_tx_1h"] = int(((seconds > t - 3600) & (seconds <= t)).sum())
-
-            others = (seconds > t - 30 * DAY) & (seconds <= t) & (ids != ids[i])
-            others_mean = amounts[others].mean() if others.any() else 0.0
-            record["customer_amount_ratio_30d"] = (
-                amounts[i] / others_mean if others_mean > 0 else 1.0
-            )
-
-            earlier = (micros < micros[i]) | ((micros == micros[i]) & (ids < ids[i]))
-            record["customer_seconds_since_prev_tx"] = (
-                (micros[i] - micros[earlier].max()) / 1e6 if earlier.any() else np.nan
-            )
-
-            same_terminal = others & (terminals == terminals[i])
-            record["customer_terminal_is_new"] = 0 if same_terminal.any() else 1
-            record["customer_last_tx_unix"] = int(t)
             recent = (micros <= micros[i]) & (seconds > t - 30 * DAY)
-            record["customer_recent_payments"] = sorted(
-                zip(
-                    ids[recent].tolist(),
-                    seconds[recent].tolist(),
-                    amounts[recent].tolist(),
-                    strict=True,
-                )
+            records.append(
+                {
+                    "transaction_id": ids[i],
+                    "customer_last_tx_unix": int(t),
+                    "customer_recent_payments": sorted(
+                        zip(
+                            ids[recent].tolist(),
+                            seconds[recent].tolist(),
+                            amounts[recent].tolist(),
+                            strict=True,
+                        )
+                    ),
+                }
             )
-            records.append(record)
     return pd.DataFrame(records)
 
 
-def recent_payments(customer_features: pd.DataFrame) -> pd.DataFrame:
+def recent_payments(state: pd.DataFrame) -> pd.DataFrame:
     """The three aligned arrays of each state row as one sorted list of (id, unix, amount)."""
-    arrays = customer_features[[f"customer_recent_tx_{a}" for a in ("id", "unix", "amount")]]
-    return customer_features.drop(columns=arrays.columns).assign(
+    arrays = state[[f"customer_recent_tx_{a}" for a in ("id", "unix", "amount")]]
+    return state.drop(columns=arrays.columns).assign(
         customer_recent_payments=[
             sorted(zip(*(a.tolist() for a in row), strict=True))
             for row in arrays.itertuples(index=False)
@@ -366,13 +345,15 @@ def _by_id(frame: pd.DataFrame) -> pd.DataFrame:
 # --- tests ----------------------------------------------------------------------------------
 
 
-def test_every_customer_feature_matches_the_oracle(job_run) -> None:
+def test_every_customer_state_matches_the_oracle(job_run) -> None:
     _, mart, result = job_run
-    actual = recent_payments(_read(result.tables[CUSTOMER_TABLE].path))
-    assert_matches_oracle(actual, oracle_customer_features(mart))
+    table = _read(result.tables[CUSTOMER_TABLE].path)
+    assert_matches_oracle(recent_payments(table), oracle_customer_state(mart))
     # Time order within each state's arrays (ties aside), so a reader can trust the last.
-    unix = _read(result.tables[CUSTOMER_TABLE].path)["customer_recent_tx_unix"]
+    unix = table["customer_recent_tx_unix"]
     assert all((np.diff(u) >= 0).all() for u in unix)
+    # The state's time is its newest payment's.
+    assert (unix.map(max) == table["customer_last_tx_unix"]).all()
 
 
 def test_every_terminal_feature_matches_the_oracle(job_run) -> None:
@@ -487,28 +468,35 @@ def test_a_label_arriving_after_t_is_not_used(job_run) -> None:
 
 
 def test_window_bounds_and_same_second_transactions(job_run) -> None:
+    """The recent payments' bounds: (t - 30 days, t] on whole seconds, and up to t to the
+    microsecond. The windows' own bounds (1 hour, 1/7/30 days) are the on-demand view's, checked
+    in tests/integration/test_feature_store.py."""
     _, _, result = job_run
     customer = _by_id(_read(result.tables[CUSTOMER_TABLE].path))
-    first, one_second_later, peer_a, peer_b = (customer.loc[HANDMADE_ID + k] for k in (8, 9, 6, 7))
-    # Exactly one day before is outside (t - 1 day, t]; the same second is inside.
-    for peer in (peer_a, peer_b):
-        assert peer["customer_nb_tx_1d"] == 3
-        assert peer["customer_avg_amount_1d"] == pytest.approx((20 + 30 + 60) / 3)
-        assert peer["customer_nb_tx_7d"] == 4
-        assert peer["customer_nb_tx_1h"] == 2
-        assert peer["customer_terminal_is_new"] == 0
-    assert peer_a["customer_seconds_since_prev_tx"] == 86_399.0
-    assert peer_b["customer_seconds_since_prev_tx"] == 0.0  # tie broken by transaction_id
-    assert peer_b["customer_amount_ratio_30d"] == pytest.approx(60 / ((10 + 20 + 30) / 3))
-    assert first["customer_terminal_is_new"] == 1
-    assert np.isnan(first["customer_seconds_since_prev_tx"])
-    assert first["customer_amount_ratio_30d"] == 1.0
-    assert one_second_later["customer_nb_tx_1d"] == 2
+    first, one_second_later, peer_a, peer_b, month_later = (
+        customer.loc[HANDMADE_ID + k] for k in (8, 9, 6, 7, 10)
+    )
+    assert sorted(first["customer_recent_tx_id"]) == [HANDMADE_ID + 8]
+    assert sorted(one_second_later["customer_recent_tx_id"]) == [HANDMADE_ID + k for k in (8, 9)]
     # Same-microsecond peers hold each other in their recent payments: both states are equal.
     expected = sorted(HANDMADE_ID + k for k in (6, 7, 8, 9))
     for peer in (peer_a, peer_b):
         assert sorted(peer["customer_recent_tx_id"]) == expected
-    assert sorted(first["customer_recent_tx_id"]) == [HANDMADE_ID + 8]
+        assert peer["customer_last_tx_unix"] == int(_ts("2018-04-05 08:00:00").timestamp())
+        assert sorted(peer["customer_recent_tx_amount"]) == [10.0, 20.0, 30.0, 60.0]
+    # Exactly 30 days older is outside (t - 30 days, t]; one second less is inside.
+    assert sorted(month_later["customer_recent_tx_id"]) == sorted(
+        HANDMADE_ID + k for k in (9, 6, 7, 10)
+    )
+    assert list(month_later["customer_recent_tx_unix"]) == [
+        int(_ts(text).timestamp())
+        for text in (
+            "2018-04-04 08:00:01",
+            "2018-04-05 08:00:00",
+            "2018-04-05 08:00:00",
+            "2018-05-04 08:00:00",
+        )
+    ]
 
 
 def test_a_job_failing_mid_write_keeps_the_previous_tables(job_run) -> None:
