@@ -3,7 +3,6 @@ scored payment's commit."""
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 from pipelines.featurestore.online import (
@@ -11,6 +10,7 @@ from pipelines.featurestore.online import (
     WalCheckpointer,
     checkpoint_in_background,
 )
+from tests.waiting import wait_for
 
 
 def _store(online: object, path: str) -> SimpleNamespace:
@@ -44,10 +44,12 @@ def test_commits_no_longer_checkpoint_and_the_thread_does(tmp_path):
         database = tmp_path / "online.db"
         assert database.stat().st_size < 1_000_000
         # ... and the thread copies it into the database.
-        deadline = time.monotonic() + 10
-        while database.stat().st_size < 12_000_000 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert database.stat().st_size >= 12_000_000
+        wait_for(
+            "the checkpoint to copy the log into the database",
+            lambda: database.stat().st_size >= 12_000_000,
+            10,
+            interval=0.1,
+        )
     finally:
         checkpointer.stop()
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import psutil
 
 from pipelines.platform.process import ManagedProcess
+from tests.waiting import wait_for
 
 # A supervisor that forks a worker into a session of its own (as BentoML's workers are), writes
 # the worker's PID, then either waits or exits at once (leaving the worker orphaned to init).
@@ -24,12 +24,13 @@ if sys.argv[2] == "wait":
 
 
 def _worker_pid(path) -> int:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text():
-            return int(path.read_text())
-        time.sleep(0.05)
-    raise AssertionError("the supervisor never started its worker")
+    text = wait_for(
+        "the supervisor to start its worker",
+        lambda: (path.read_text() or None) if path.exists() else None,
+        30,
+        interval=0.05,
+    )
+    return int(text)
 
 
 def _managed(tmp_path, mode: str) -> tuple[ManagedProcess, int]:
@@ -61,10 +62,8 @@ def test_a_worker_in_its_own_session_is_stopped_with_its_supervisor(tmp_path):
 
 def test_an_orphaned_worker_is_stopped_though_its_supervisor_is_gone(tmp_path):
     proc, worker = _managed(tmp_path, "exit")
-    deadline = time.monotonic() + 30
-    while proc.pid() is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.pid() is None  # the supervisor exited; its PID file no longer vouches
+    # The supervisor exited; its PID file no longer vouches.
+    wait_for("the supervisor to exit", lambda: proc.pid() is None, 30, interval=0.05)
     assert not _gone(worker)
     assert proc.stop(timeout=5)
     assert _gone(worker)
@@ -77,9 +76,7 @@ def test_stopping_what_is_not_running_is_a_no_op(tmp_path):
 
 def test_a_restart_first_stops_what_the_dead_run_left_behind(tmp_path):
     proc, worker = _managed(tmp_path, "exit")
-    deadline = time.monotonic() + 30
-    while proc.pid() is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for("the supervisor to exit", lambda: proc.pid() is None, 30, interval=0.05)
     proc.start(dict(os.environ), cwd=tmp_path)
     try:
         assert _gone(worker)
