@@ -66,10 +66,11 @@ def build_features():
         }
 
     @task
-    def feast_apply() -> None:
+    def feast_apply() -> bool:
         from pipelines.featurestore.store import apply
 
-        apply(get_settings())
+        # Skipped (False) when the registry already holds these definitions.
+        return apply(get_settings())
 
     @task(outlets=[FEATURES])
     def materialize_online() -> str | None:

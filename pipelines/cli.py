@@ -226,11 +226,14 @@ def features_spark() -> None:
 
 
 @features_app.command("apply")
-def features_apply() -> None:
-    """feast apply: register feature_repo/ in the registry."""
+def features_apply(
+    force: bool = typer.Option(False, help="Apply even if the registry holds these definitions."),
+) -> None:
+    """feast apply: register feature_repo/ in the registry (skipped when unchanged)."""
     from pipelines.featurestore.store import apply
 
-    apply(get_settings())
+    applied = apply(get_settings(), force=force)
+    console.print("feast apply: " + ("applied" if applied else "skipped, definitions unchanged"))
 
 
 @features_app.command("docs")

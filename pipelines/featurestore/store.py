@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import os
 import sys
 from collections.abc import Iterator
 
 import duckdb
+import feast
 import pandas as pd
+import yaml
 from feast import FeatureStore
 from feast.repo_config import load_repo_config
 from feast.repo_operations import apply_total
 
 from pipelines.config import Settings, get_settings
 from pipelines.features.job import CUSTOMER_TABLE, TERMINAL_LABEL_TABLE, TERMINAL_TABLE
-from pipelines.featurestore.repo import FEATURE_REPO, FEATURE_SERVICE, write_config
+from pipelines.featurestore.repo import FEATURE_REPO, FEATURE_SERVICE, render_config, write_config
+from pipelines.lake import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +51,48 @@ def _fresh_definitions() -> Iterator[None]:
         os.chdir(cwd)
 
 
-def apply(settings: Settings) -> None:
-    """``feast apply``: register the definitions of ``feature_repo/`` in the registry."""
+APPLIED_MARKER = "applied-definitions.sha256"
+
+
+def definitions_fingerprint(settings: Settings) -> str:
+    """What ``feast apply`` registers depends on: the definition files, the rendered config
+    (registry, stores), the feature tables' folder the sources point at and Feast's version."""
+    digest = hashlib.sha256()
+    for path in sorted(FEATURE_REPO.rglob("*.py")):
+        digest.update(str(path.relative_to(FEATURE_REPO)).encode())
+        digest.update(path.read_bytes())
+    digest.update(yaml.safe_dump(render_config(settings), sort_keys=True).encode())
+    digest.update(str(settings.features_dir).encode())
+    digest.update(feast.__version__.encode())
+    return digest.hexdigest()
+
+
+def _registry_has_definitions(settings: Settings) -> bool:
+    if not settings.feast_registry_url:
+        return (settings.feast_dir / "registry.db").exists()
+    return bool(get_store(settings).list_feature_services())
+
+
+def apply(settings: Settings, *, force: bool = False) -> bool:
+    """``feast apply``: register the definitions of ``feature_repo/`` in the registry, unless
+    the registry already holds these very definitions (same ``definitions_fingerprint`` as
+    the last apply from this home). Returns whether it applied."""
+    marker = settings.feast_dir / APPLIED_MARKER
+    fingerprint = definitions_fingerprint(settings)
+    if (
+        not force
+        and marker.exists()
+        and marker.read_text() == fingerprint
+        and _registry_has_definitions(settings)
+    ):
+        log.info("feast apply skipped: the registry holds these definitions")
+        return False
     get_settings.cache_clear()  # the definitions read the settings of this call's environment
     config = load_repo_config(FEATURE_REPO, write_config(settings))
     with _fresh_definitions():
         apply_total(config, FEATURE_REPO, skip_source_validation=False)
+    write_text_atomic(marker, fingerprint)
+    return True
 
 
 def materialize(settings: Settings, end: dt.datetime) -> str:

@@ -8,6 +8,7 @@ view), materialization, online reads and pushes.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from collections.abc import Iterator
 
 import numpy as np
@@ -420,3 +421,25 @@ def test_monitoring_context_columns_are_the_request_time_features(built, retriev
         new_pairs += int(context.customer_terminal_is_new.sum())
         bursts += int((context.customer_nb_tx_1h > 1).sum())
     assert checked > 500 and new_pairs > 0 and bursts > 0
+
+
+def test_feast_apply_runs_only_when_the_definitions_change(built, tmp_path, monkeypatch):
+    """The world's copy applied its definitions: the daily build's apply is skipped until a
+    definition file, the rendered config or the registry changes."""
+    registry = built.feast_dir / "registry.db"
+    assert store.apply(built) is False
+    assert store.apply(built, force=True) is True
+    # Another copy of the definitions, one file edited: that is a change.
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(store.FEATURE_REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    before = store.definitions_fingerprint(built)
+    monkeypatch.setattr(store, "FEATURE_REPO", repo)
+    assert store.definitions_fingerprint(built) == before
+    views = repo / "feature_views.py"
+    views.write_text(views.read_text() + "\n# an edit\n")
+    assert store.definitions_fingerprint(built) != before
+    monkeypatch.undo()
+    # A registry that is gone is applied again, whatever the marker says.
+    registry.unlink()
+    assert store.apply(built) is True and registry.exists()
+    assert store.get_store(built).get_feature_service(store.FEATURE_SERVICE) is not None
