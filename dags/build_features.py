@@ -1,9 +1,14 @@
 """Raw lake -> dbt (staging, marts, tests) -> Spark features -> Feast apply -> online store.
 
 Scheduled on the raw-lake Asset: every ingest wakes it (events that arrive while it runs are
-folded into the next run). Each run rebuilds from the whole lake, so it is idempotent; dbt's
-tests gate everything downstream (a failed test stops the run before Spark). Emits the
-``features`` Asset once the online store is fresh.
+folded into the next run). The events are not trusted to say what changed: ``plan`` compares
+the raw lake with the state the last completed run recorded (``pipelines/featurestore/
+changes.py``), the Spark job rebuilds the days from the earliest changed one on, and
+``record_build`` records the new state once the online store is loaded, so a failed or merged
+run leaves the days to the next one and no day is ever skipped. Nothing runs when nothing
+changed. The Trigger form's ``full_refresh`` rebuilds every day, ``rebuild_from`` the days
+from that one on. dbt's tests gate everything downstream (a failed test stops the run before
+Spark). Emits the ``features`` Asset once the online store is fresh.
 
 Beside the feature path, ``dbt_docs`` publishes the dbt docs site (lineage graph, model and
 column docs) that ``make up`` serves: a failure there never holds back the features.
@@ -17,7 +22,7 @@ a quick budget, under one fixed run id so it happens once. Its log says why it d
 from __future__ import annotations
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 
 from pipelines.config import get_settings
 from pipelines.monitoring.retrain import TRAIN_DAG_ID
@@ -34,9 +39,35 @@ from pipelines.training.bootstrap import BOOTSTRAP_RUN_ID
     # The trigger's conf is the XCom dict of first_model_needed, not its string rendering.
     render_template_as_native_obj=True,
     tags=["features", "dbt", "spark", "feast"],
+    params={
+        "full_refresh": Param(False, type="boolean", description="Rebuild every day."),
+        "rebuild_from": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Rebuild the days from this one on (YYYY-MM-DD), whatever changed.",
+        ),
+    },
     doc_md=__doc__,
 )
 def build_features():
+    @task.short_circuit
+    def plan(params=None, ti=None) -> bool:
+        import datetime as dt
+
+        from pipelines.featurestore.changes import plan_build
+
+        since = params.get("rebuild_from")
+        planned = plan_build(
+            get_settings(),
+            full=bool(params.get("full_refresh")),
+            since=dt.date.fromisoformat(since) if since else None,
+        )
+        print(f"plan: {planned.reason}")
+        ti.xcom_push(key="since", value=planned.since.isoformat() if planned.since else None)
+        ti.xcom_push(key="snapshot", value=planned.snapshot)
+        return not planned.up_to_date
+
     @task
     def dbt_build() -> dict:
         from airflow.sdk.exceptions import AirflowFailException
@@ -56,11 +87,18 @@ def build_features():
         }
 
     @task
-    def spark_features() -> dict:
+    def spark_features(ti=None) -> dict:
+        import datetime as dt
+
         from pipelines.features.runner import run_feature_job
 
-        result = run_feature_job(get_settings())
+        since = ti.xcom_pull(task_ids="plan", key="since")
+        result = run_feature_job(
+            get_settings(), since=dt.date.fromisoformat(since) if since else None
+        )
         return {
+            "since": since,
+            "rows_written": {name: table.rows_written for name, table in result.tables.items()},
             "rows": {name: table.rows for name, table in result.tables.items()},
             "seconds": round(result.wall_seconds, 1),
         }
@@ -78,6 +116,12 @@ def build_features():
 
         latest = materialize_latest(get_settings())
         return latest.isoformat() if latest else None
+
+    @task
+    def record_build(ti=None) -> None:
+        from pipelines.featurestore.changes import record_snapshot
+
+        record_snapshot(get_settings(), ti.xcom_pull(task_ids="plan", key="snapshot"))
 
     @task.short_circuit
     def first_model_needed(ti=None) -> bool:
@@ -114,8 +158,9 @@ def build_features():
             "site": str(result.path),
         }
 
-    built = dbt_build()
+    built = plan() >> dbt_build()
     materialized = built >> spark_features() >> feast_apply() >> materialize_online()
+    materialized >> record_build()
     materialized >> first_model_needed() >> train_first_model
     built >> dbt_docs()
 

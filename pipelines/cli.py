@@ -255,16 +255,32 @@ def features_materialize() -> None:
 
 
 @features_app.command("build")
-def features_build() -> None:
-    """All of it, in order: dbt, Spark, feast apply, materialize (what build_features runs)."""
+def features_build(
+    full: bool = typer.Option(False, help="Rebuild every day, whatever changed."),
+    since: dt.datetime | None = typer.Option(
+        None, formats=["%Y-%m-%d"], help="Rebuild the days from this one on."
+    ),
+) -> None:
+    """All of it, in order: dbt, Spark, feast apply, materialize (what build_features runs),
+    for the days that changed in the raw lake since the last build."""
     from pipelines.featurestore.build import build_features
 
     with console.status("building features…") as status:
-        built = build_features(get_settings(), on_step=lambda name: status.update(f"{name}…"))
+        built = build_features(
+            get_settings(),
+            full=full,
+            since=since.date() if since else None,
+            on_step=lambda name: status.update(f"{name}…"),
+        )
+    console.print(f"plan: {built.plan.reason}")
+    if built.spark is None or built.dbt is None:
+        return
     steps = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in built.seconds.items())
+    written = sum(table.rows_written for table in built.spark.tables.values())
     console.print(
-        f"features: {built.spark.input_rows:,} transactions, {built.dbt.tests_passed} dbt tests "
-        f"passed; online store loaded up to {built.online_until} ({steps})"
+        f"features: {built.spark.input_rows:,} transactions read, {written:,} feature rows "
+        f"written, {built.dbt.tests_passed} dbt tests passed; online store loaded up to "
+        f"{built.online_until} ({steps})"
     )
 
 

@@ -1,9 +1,9 @@
 """Spark feature job: per-transaction customer state and terminal features, point-in-time correct.
 
 Run it with ``spark-submit pipelines/features/job.py --marts-dir M --features-dir F
-[--label-delay-days 7]``, on ``local[*]`` or a ``spark://`` master alike. Only this file ships
-to a cluster, so it imports nothing from the ``pipelines`` package (stdlib and pyspark only);
-``pipelines.features.runner`` launches it from Python.
+[--label-delay-days 7] [--since YYYY-MM-DD]``, on ``local[*]`` or a ``spark://`` master
+alike. Only this file ships to a cluster, so it imports nothing from the ``pipelines``
+package (stdlib and pyspark only); ``pipelines.features.runner`` launches it from Python.
 
 It writes four tables (``*_TABLE`` below). The customer table is state, not windows: the
 customer's payments of the last 30 days as of each transaction, from which the feature store's
@@ -11,11 +11,19 @@ on-demand view (feature_repo/transaction_features.py) computes every customer wi
 scored instant, in training and serving alike. What each column means exactly (windows, label
 delay, point-in-time rules, input and output contract) is specified in
 docs/data-and-features.md#feature-specification.
+
+Incremental: with ``--since S`` the job rebuilds the rows whose event falls on day S or later
+and replaces those day partitions only. Everything before S is left as it is, which is exact
+because no feature of a row at t depends on anything later than t. It reads the mart from
+``lookback_days`` before S (every window of a rebuilt row reaches no further back), and the
+whole label history for ``terminal_label_features``, whose state (the newest three labels, the
+fraud streak) has no window.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 import time
@@ -39,6 +47,9 @@ CUSTOMER_TABLE = "customer_features"
 TERMINAL_TABLE = "terminal_features"
 TERMINAL_LABEL_TABLE = "terminal_label_features"
 CUSTOMER_TERMINAL_TABLE = "customer_terminal_features"
+# Every table is partitioned by its event_timestamp's UTC day (``date=YYYY-MM-DD/``), so an
+# incremental run (``--since``) replaces the days it rebuilt and nothing else.
+DAY_PARTITION = "date"
 # On success the last stdout line is "FEATURE_JOB_RESULT {json}": every table written, with
 # its path and row count (``run``), which the runner parses.
 RESULT_MARKER = "FEATURE_JOB_RESULT"
@@ -126,6 +137,21 @@ def read_transactions(spark: SparkSession, marts_dir: str) -> DataFrame:
     return frame.select(*[F.col(c).cast(t).alias(c) for c, t in INPUT_COLUMNS.items()])
 
 
+def _has_keys() -> Column:
+    from pyspark.sql import functions as F
+
+    has_keys = F.lit(True)
+    for column in KEY_COLUMNS:
+        has_keys = has_keys & F.col(column).isNotNull()
+    return has_keys
+
+
+def lookback_days(delay_days: int) -> int:
+    """How many days before the first rebuilt day the input must start: the terminal windows
+    reach (30 + D) days back, the customer's recent payments 30 (one day more for margin)."""
+    return max(WINDOW_DAYS) + delay_days + 1
+
+
 def validate_transactions(tx: DataFrame) -> tuple[DataFrame, dict[str, int]]:
     """Drop rows without a key, fail on duplicate transaction ids; returns rows and counts.
 
@@ -135,9 +161,7 @@ def validate_transactions(tx: DataFrame) -> tuple[DataFrame, dict[str, int]]:
     """
     from pyspark.sql import functions as F
 
-    has_keys = F.lit(True)
-    for column in KEY_COLUMNS:
-        has_keys = has_keys & F.col(column).isNotNull()
+    has_keys = _has_keys()
     counts = tx.agg(
         F.count(F.lit(1)).alias("input"), F.count(F.when(has_keys, 1)).alias("valid")
     ).first()
@@ -401,35 +425,104 @@ def _remove_leftovers(spark: SparkSession, features_dir: str) -> None:
             fs.delete(status.getPath(), True)
 
 
-def write_tables(spark: SparkSession, tables: dict[str, DataFrame], features_dir: str) -> dict:
-    """Write every table into a hidden staging folder, then rename all of them into place.
+def write_tables(
+    spark: SparkSession,
+    tables: dict[str, DataFrame],
+    features_dir: str,
+    since: dt.date | None = None,
+) -> dict:
+    """Write every table, day-partitioned, into a hidden staging folder, then move it into
+    place: whole tables (``since`` None), or only the day partitions from ``since`` on.
 
-    Readers see the previous tables until the swap (two renames per table); nothing is swapped
-    unless every table was written completely. The swap is not one atomic step: a reader can
-    find a table missing for that instant, and a crash between two tables' swaps would leave a
-    new customer table beside an old terminal table. The next run deletes any leftovers, so
-    concurrent runs against one features dir are not supported (the DAG runs one at a time).
-    The staging folder is hidden (leading dot) so that no reader globbing the features folder
-    picks it up, while the tables inside keep their plain names (Spark refuses to read a path
-    whose own name is hidden).
+    Readers see the previous tables until the move; nothing is moved unless every table was
+    written completely. The move is not one atomic step: a reader can find a table (or a day)
+    missing for that instant, and a crash between two moves would leave new days beside old
+    ones; the next run deletes any leftovers and, its input unchanged, rebuilds the same days,
+    so concurrent runs against one features dir are not supported (the DAG runs one at a
+    time). The staging folder is hidden (leading dot) so that no reader globbing the features
+    folder picks it up, while the tables inside keep their plain names (Spark refuses to read a
+    path whose own name is hidden).
     """
+    from pyspark.sql import functions as F
+
     base = features_dir.rstrip("/")
     run = uuid.uuid4().hex[:12]
     staging, replaced = f"{base}/{STAGING_PREFIX}{run}", f"{base}/{REPLACED_PREFIX}{run}"
     _remove_leftovers(spark, base)
+    if since is not None:
+        missing = [n for n in tables if not _exists(spark, f"{base}/{n}")]
+        if missing:
+            raise InputError(f"an incremental build needs the existing tables; missing {missing}")
     try:
+        written = {}
         for name, frame in tables.items():
-            frame.write.mode("overwrite").parquet(f"{staging}/{name}")
-        # Row counts from the written files (Parquet footers), i.e. what readers will get.
-        rows = {name: spark.read.parquet(f"{staging}/{name}").count() for name in tables}
+            day = F.date_format("event_timestamp", "yyyy-MM-dd")
+            frame.withColumn(DAY_PARTITION, day).write.mode("overwrite").partitionBy(
+                DAY_PARTITION
+            ).parquet(f"{staging}/{name}")
+            written[name] = _count(spark, f"{staging}/{name}")
         for name in tables:
-            _swap(spark, f"{staging}/{name}", f"{base}/{name}", f"{replaced}/{name}")
+            if since is None:
+                _swap(spark, f"{staging}/{name}", f"{base}/{name}", f"{replaced}/{name}")
+            else:
+                _replace_days(
+                    spark, f"{staging}/{name}", f"{base}/{name}", f"{replaced}/{name}", since
+                )
+        # Row counts from the files in place (Parquet footers), i.e. what readers will get.
+        rows = {name: _count(spark, f"{base}/{name}") for name in tables}
     finally:
         for leftover in (staging, replaced):
             fs, jpath = _hadoop_fs(spark, leftover)
             if fs.exists(jpath):
                 fs.delete(jpath, True)
-    return {name: {"path": f"{base}/{name}", "rows": rows[name]} for name in tables}
+    return {
+        name: {"path": f"{base}/{name}", "rows": rows[name], "rows_written": written[name]}
+        for name in tables
+    }
+
+
+def _exists(spark: SparkSession, path: str) -> bool:
+    fs, jpath = _hadoop_fs(spark, path)
+    return bool(fs.exists(jpath))
+
+
+def _day_partitions(spark: SparkSession, table: str) -> dict[dt.date, Any]:
+    """The table's day partitions: day -> Hadoop path."""
+    fs, jtable = _hadoop_fs(spark, table)
+    if not fs.exists(jtable):
+        return {}
+    found = {}
+    for status in fs.listStatus(jtable):
+        name = status.getPath().getName()
+        if status.isDirectory() and name.startswith(f"{DAY_PARTITION}="):
+            found[dt.date.fromisoformat(name.split("=", 1)[1])] = status.getPath()
+    return found
+
+
+def _count(spark: SparkSession, table: str) -> int:
+    # A table without rows is a folder without partitions, which Spark cannot infer a schema of.
+    if not _day_partitions(spark, table):
+        return 0
+    return spark.read.parquet(table).count()
+
+
+def _replace_days(
+    spark: SparkSession, staged: str, final: str, replaced: str, since: dt.date
+) -> None:
+    """Move ``final``'s partitions of ``since`` and later aside, move the staged ones in, drop
+    the old ones."""
+    fs, jreplaced = _hadoop_fs(spark, replaced)
+    fs.mkdirs(jreplaced)
+    jvm = spark.sparkContext._jvm
+    for day, path in _day_partitions(spark, final).items():
+        if day >= since and not fs.rename(
+            path, jvm.org.apache.hadoop.fs.Path(jreplaced, path.getName())
+        ):
+            raise OSError(f"could not move {path} aside to {replaced}")
+    _, jfinal = _hadoop_fs(spark, final)
+    for path in _day_partitions(spark, staged).values():
+        if not fs.rename(path, jvm.org.apache.hadoop.fs.Path(jfinal, path.getName())):
+            raise OSError(f"could not move {path} into {final}")
 
 
 def _swap(spark: SparkSession, staged: str, final: str, replaced: str) -> None:
@@ -463,31 +556,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=7,
         help="D: terminal windows end D days before the transaction (default 7).",
     )
+    parser.add_argument(
+        "--since",
+        type=dt.date.fromisoformat,
+        default=None,
+        help="Rebuild only the days from this one (YYYY-MM-DD) on; default: every day.",
+    )
     args = parser.parse_args(argv)
     if args.label_delay_days < 0:
         parser.error("--label-delay-days must be >= 0")
     return args
 
 
-def run(spark: SparkSession, marts_dir: str, features_dir: str, delay_days: int) -> dict:
-    """Compute and write every feature table; returns a JSON-able summary (``tables``: each
-    table's path and row count, by name)."""
+def run(
+    spark: SparkSession,
+    marts_dir: str,
+    features_dir: str,
+    delay_days: int,
+    since: dt.date | None = None,
+) -> dict:
+    """Compute and write every feature table, or with ``since`` the days from ``since`` on
+    (module docstring); returns a JSON-able summary (``tables``: each table's path, rows in
+    place and rows written, by name)."""
+    from pyspark.sql import functions as F
+
     started = time.monotonic()
-    tx, counts = validate_transactions(read_transactions(spark, marts_dir))
-    written = write_tables(
-        spark,
-        {
-            CUSTOMER_TABLE: build_customer_state(tx),
-            TERMINAL_TABLE: build_terminal_features(tx, delay_days),
-            TERMINAL_LABEL_TABLE: build_terminal_labels(tx),
-            CUSTOMER_TERMINAL_TABLE: build_customer_terminal_history(tx),
-        },
-        features_dir,
-    )
+    everything = read_transactions(spark, marts_dir)
+    if since is None:
+        tx, counts = validate_transactions(everything)
+        label_history = tx
+    else:
+        first = dt.datetime.combine(since, dt.time(), dt.UTC)
+        reach = first - dt.timedelta(days=lookback_days(delay_days))
+        # The mart is sorted by time: the filter skips most row groups of the history.
+        tx, counts = validate_transactions(everything.where(F.col("tx_datetime") >= reach))
+        label_history = everything.where(_has_keys() & F.col("label_available_at").isNotNull())
+    tables = {
+        CUSTOMER_TABLE: build_customer_state(tx),
+        TERMINAL_TABLE: build_terminal_features(tx, delay_days),
+        TERMINAL_LABEL_TABLE: build_terminal_labels(label_history),
+        CUSTOMER_TERMINAL_TABLE: build_customer_terminal_history(tx),
+    }
+    if since is not None:
+        tables = {n: t.where(F.col("event_timestamp") >= first) for n, t in tables.items()}
+    written = write_tables(spark, tables, features_dir, since)
     return {
         "tables": written,
         **counts,
         "label_delay_days": delay_days,
+        "since": since.isoformat() if since else None,
         "seconds": round(time.monotonic() - started, 3),
     }
 
@@ -512,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"input dataset not found: {missing}")
     spark = create_session()
     try:
-        summary = run(spark, args.marts_dir, args.features_dir, args.label_delay_days)
+        summary = run(spark, args.marts_dir, args.features_dir, args.label_delay_days, args.since)
     finally:
         spark.stop()
     print(f"{RESULT_MARKER} {json.dumps(summary)}", flush=True)

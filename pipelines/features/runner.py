@@ -6,6 +6,7 @@ The job runs as a subprocess, exactly as on a cluster: the same file, the master
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -41,7 +42,8 @@ _REASON_LINES = 12
 @dataclass(frozen=True)
 class FeatureTable:
     path: Path
-    rows: int  # counted from the written files, i.e. what readers get
+    rows: int  # in the table after the run, counted from its files, i.e. what readers get
+    rows_written: int  # written by this run (every row, or the rebuilt days')
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class FeatureJobResult:
     input_rows: int  # rows read from fct_transactions
     dropped_rows: int  # of which dropped for a missing key (see job.validate_transactions)
     label_delay_days: int
+    since: dt.date | None  # the first rebuilt day (None: every day was rebuilt)
     wall_seconds: float  # spark-submit start to exit, JVM start included
     job_seconds: float  # inside the job: read, compute, write, swap
     log: str  # the job's stderr (Spark warnings)
@@ -70,7 +73,9 @@ def _runs_on_this_machine(master: str) -> bool:
     return master.startswith("local") or urlparse(master).hostname in _LOOPBACK_HOSTS
 
 
-def build_command(settings: Settings, label_delay_days: int) -> list[str]:
+def build_command(
+    settings: Settings, label_delay_days: int, since: dt.date | None = None
+) -> list[str]:
     return [
         spark_submit_executable(),
         "--master",
@@ -92,6 +97,7 @@ def build_command(settings: Settings, label_delay_days: int) -> list[str]:
         str(settings.features_dir),
         "--label-delay-days",
         str(label_delay_days),
+        *(["--since", since.isoformat()] if since else []),
     ]
 
 
@@ -152,15 +158,20 @@ def _parse_result(stdout: str) -> dict:
 
 
 def run_feature_job(
-    settings: Settings, *, label_delay_days: int | None = None, timeout: float | None = 3600
+    settings: Settings,
+    *,
+    label_delay_days: int | None = None,
+    since: dt.date | None = None,
+    timeout: float | None = 3600,
 ) -> FeatureJobResult:
-    """Run the feature job on ``settings.marts_dir`` into ``settings.features_dir``.
+    """Run the feature job on ``settings.marts_dir`` into ``settings.features_dir``: every
+    day, or with ``since`` the days from ``since`` on (``job.py``'s docstring).
 
     ``label_delay_days`` defaults to ``settings.label_delay_days``. Raises ``RuntimeError``
     carrying the job's own error (exception or Spark ERROR lines) if it fails or times out.
     """
     delay = settings.label_delay_days if label_delay_days is None else label_delay_days
-    command = build_command(settings, delay)
+    command = build_command(settings, delay, since)
     log.info("running %s", " ".join(command))
     started = time.monotonic()
     # Own session, so a timeout can stop the JVM and the Python driver it forked together.
@@ -191,12 +202,17 @@ def run_feature_job(
     summary = _parse_result(stdout)
     result = FeatureJobResult(
         tables={
-            name: FeatureTable(path=Path(table["path"]), rows=int(table["rows"]))
+            name: FeatureTable(
+                path=Path(table["path"]),
+                rows=int(table["rows"]),
+                rows_written=int(table["rows_written"]),
+            )
             for name, table in summary["tables"].items()
         },
         input_rows=int(summary["input_rows"]),
         dropped_rows=int(summary["dropped_rows"]),
         label_delay_days=int(summary["label_delay_days"]),
+        since=dt.date.fromisoformat(summary["since"]) if summary["since"] else None,
         wall_seconds=round(wall, 3),
         job_seconds=float(summary["seconds"]),
         log=stderr,

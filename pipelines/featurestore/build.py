@@ -1,7 +1,11 @@
-"""The feature path in one call: dbt build -> Spark features -> feast apply -> materialize.
+"""The feature path in one call: plan -> dbt build -> Spark features -> feast apply ->
+materialize -> record.
 
 What the ``build_features`` DAG runs task by task, for the CLI (``features build``), the
-benchmarks and the tests that need a small world with a loaded feature store.
+benchmarks and the tests that need a small world with a loaded feature store. The plan
+(``changes.plan_build``) compares the raw lake with the last completed build: the Spark job
+rebuilds only the days from the earliest changed one on, and nothing runs when nothing
+changed.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TypeVar
 
 from pipelines.config import Settings
 from pipelines.features.runner import FeatureJobResult, run_feature_job
-from pipelines.featurestore import store
+from pipelines.featurestore import changes, store
 from pipelines.transform.dbt import DbtBuildResult, run_dbt_build
 
 log = logging.getLogger(__name__)
@@ -24,8 +28,9 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class FeatureBuild:
-    dbt: DbtBuildResult
-    spark: FeatureJobResult
+    plan: changes.BuildPlan
+    dbt: DbtBuildResult | None  # None: the lake had not changed, nothing ran
+    spark: FeatureJobResult | None
     online_until: dt.datetime | None  # newest feature row in the online store (None: skipped)
     seconds: dict[str, float]  # wall time per step
 
@@ -34,11 +39,16 @@ def build_features(
     settings: Settings,
     *,
     materialize: bool = True,
+    full: bool = False,
+    since: dt.date | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> FeatureBuild:
-    """Rebuild the mart, the feature tables and the registry; load the online store.
+    """Bring the mart, the feature tables and the registry up to date with the raw lake; load
+    the online store; record the lake state it was built from.
 
-    ``materialize=False`` stops after ``feast apply``: enough for training (offline store only).
+    ``full`` rebuilds every day, ``since`` the days from that one on, whatever changed.
+    ``materialize=False`` stops after ``feast apply``: enough for training (offline store
+    only), and the build is not recorded, so the next one loads the online store.
     ``on_step`` is told each step's name before it starts (progress output).
     """
     seconds: dict[str, float] = {}
@@ -52,10 +62,17 @@ def build_features(
         log.info("%s done in %.1fs", name, seconds[name])
         return result
 
+    plan = changes.plan_build(settings, full=full, since=since)
+    log.info("feature build plan: %s", plan.reason)
+    if plan.up_to_date:
+        return FeatureBuild(plan, None, None, None, seconds)
     dbt = step("dbt build", lambda: run_dbt_build(settings))
-    spark = step("spark features", lambda: run_feature_job(settings))
+    spark = step(
+        "spark features", lambda: run_feature_job(settings, since=None if plan.full else plan.since)
+    )
     step("feast apply", lambda: store.apply(settings))
     online_until = None
     if materialize:
         online_until = step("materialize", lambda: store.materialize_latest(settings))
-    return FeatureBuild(dbt, spark, online_until, seconds)
+        changes.record_snapshot(settings, plan.snapshot)
+    return FeatureBuild(plan, dbt, spark, online_until, seconds)

@@ -404,20 +404,25 @@ def test_terminal_features_with_another_label_delay(job_run, tmp_path, monkeypat
 
 def test_tables_schema_paths_and_row_counts(job_run) -> None:
     settings, mart, result = job_run
-    # Every table the job wrote is reported, with its path and the row count on disk.
+    # Every table the job wrote is reported, with its path and the row count on disk (a full
+    # run writes every row), partitioned by its event's UTC day.
     on_disk = {p.name: p for p in settings.features_dir.iterdir()}
     written = {CUSTOMER_TABLE, TERMINAL_TABLE, TERMINAL_LABEL_TABLE, CUSTOMER_TERMINAL_TABLE}
     assert set(result.tables) == set(on_disk) == written
     for name, table in result.tables.items():
-        rows = pq.read_table(on_disk[name]).num_rows
-        assert table == FeatureTable(path=on_disk[name], rows=rows), name
+        frame = pq.read_table(on_disk[name]).to_pandas()
+        assert table == FeatureTable(path=on_disk[name], rows=len(frame), rows_written=len(frame))
+        days = frame["event_timestamp"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%d")
+        assert (frame["date"].astype(str) == days).all(), name
+    assert result.since is None
     assert result.input_rows == len(mart) and result.dropped_rows == 0
     for name in (CUSTOMER_TABLE, TERMINAL_TABLE, CUSTOMER_TERMINAL_TABLE):
         assert result.tables[name].rows == len(mart)  # one row per transaction
     assert 0 < result.tables[TERMINAL_LABEL_TABLE].rows < len(mart)  # one per label arrival
     assert result.label_delay_days == DELAY
-    customers = pq.read_table(result.tables[CUSTOMER_TABLE].path)
-    terminals = pq.read_table(result.tables[TERMINAL_TABLE].path)
+    # The day partition (``date=``) is the folder's, not a column of the files.
+    customers = pq.read_table(result.tables[CUSTOMER_TABLE].path).drop_columns(["date"])
+    terminals = pq.read_table(result.tables[TERMINAL_TABLE].path).drop_columns(["date"])
     # Names, order and types (nullability flags are Spark's inference, not part of the contract).
     assert [(f.name, f.type) for f in customers.schema] == [
         (f.name, f.type) for f in CUSTOMER_SCHEMA
@@ -439,7 +444,7 @@ def test_tables_schema_paths_and_row_counts(job_run) -> None:
         "terminal_features",
         "terminal_label_features",
     ]
-    labels = pq.read_table(settings.features_dir / "terminal_label_features")
+    labels = pq.read_table(settings.features_dir / "terminal_label_features").drop_columns(["date"])
     assert [(f.name, f.type) for f in labels.schema] == [
         (f.name, f.type) for f in TERMINAL_LABEL_SCHEMA
     ]
