@@ -221,7 +221,7 @@ def features_spark() -> None:
 
     with console.status("spark-submit feature job…"):
         r = run_feature_job(get_settings())
-    tables = ", ".join(f"{name} {table.rows:,}" for name, table in r.tables.items())
+    tables = ", ".join(f"{name} {table.rows_written:,}" for name, table in r.tables.items())
     console.print(f"spark: {r.input_rows:,} transactions -> {tables} rows in {r.wall_seconds:.1f}s")
 
 

@@ -468,8 +468,9 @@ def write_tables(
                 _replace_days(
                     spark, f"{staging}/{name}", f"{base}/{name}", f"{replaced}/{name}", since
                 )
-        # Row counts from the files in place (Parquet footers), i.e. what readers will get.
-        rows = {name: _count(spark, f"{base}/{name}") for name in tables}
+        # A full run's rows are what readers get; an incremental run does not count the whole
+        # table (that would read every day's footers, the cost it exists to avoid).
+        rows = {name: written[name] if since is None else None for name in tables}
     finally:
         for leftover in (staging, replaced):
             fs, jpath = _hadoop_fs(spark, leftover)
@@ -577,7 +578,7 @@ def run(
 ) -> dict:
     """Compute and write every feature table, or with ``since`` the days from ``since`` on
     (module docstring); returns a JSON-able summary (``tables``: each table's path, rows in
-    place and rows written, by name)."""
+    place (None after an incremental run: not counted) and rows written, by name)."""
     from pyspark.sql import functions as F
 
     started = time.monotonic()

@@ -42,7 +42,7 @@ _REASON_LINES = 12
 @dataclass(frozen=True)
 class FeatureTable:
     path: Path
-    rows: int  # in the table after the run, counted from its files, i.e. what readers get
+    rows: int | None  # in the table after a full run (what readers get); None: incremental
     rows_written: int  # written by this run (every row, or the rebuilt days')
 
 
@@ -204,7 +204,7 @@ def run_feature_job(
         tables={
             name: FeatureTable(
                 path=Path(table["path"]),
-                rows=int(table["rows"]),
+                rows=None if table["rows"] is None else int(table["rows"]),
                 rows_written=int(table["rows_written"]),
             )
             for name, table in summary["tables"].items()
@@ -219,7 +219,7 @@ def run_feature_job(
     )
     log.info(
         "feature job wrote %s in %.1f s",
-        ", ".join(f"{name} ({table.rows:,} rows)" for name, table in result.tables.items()),
+        ", ".join(f"{name} ({t.rows_written:,} rows)" for name, t in result.tables.items()),
         result.wall_seconds,
     )
     return result
