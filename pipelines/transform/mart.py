@@ -37,7 +37,14 @@ def docs_dir(settings: Settings) -> Path:
     return settings.home / "dbt-docs"
 
 
-LABEL_COLUMNS = ["transaction_id", "tx_datetime", "tx_day", "customer_id", "tx_fraud"]
+# What read_labels returns, column by column (the types of an empty answer).
+LABEL_COLUMNS = {
+    "transaction_id": "int64",
+    "tx_datetime": "datetime64[us, UTC]",
+    "tx_day": "object",
+    "customer_id": "int64",
+    "tx_fraud": "int64",
+}
 
 
 def read_labels(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFrame:
@@ -46,15 +53,7 @@ def read_labels(settings: Settings, first: dt.date, last: dt.date) -> pd.DataFra
 
     path = mart_file(settings)
     if not path.exists():
-        return pd.DataFrame(
-            {
-                "transaction_id": pd.Series(dtype="int64"),
-                "tx_datetime": pd.Series(dtype="datetime64[us, UTC]"),
-                "tx_day": pd.Series(dtype="object"),
-                "customer_id": pd.Series(dtype="int64"),
-                "tx_fraud": pd.Series(dtype="int64"),
-            }
-        )
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in LABEL_COLUMNS.items()})
     start = dt.datetime.combine(first, dt.time(), dt.UTC)
     end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), dt.UTC)
     with duckdb.connect() as con:
