@@ -3,8 +3,8 @@
 One lake grows as in production: a first build, then a build after a day re-delivered with
 other contents and labels corrected for another old day, and one after a newly ingested day;
 each build rebuilds only the days from the earliest changed one on
-(``featurestore/changes.py``). A second home gets a copy of the final raw lake and builds everything at once. Every feature
-table must be row-equal, every column, between the two.
+(``featurestore/changes.py``). A second home gets a copy of the final raw lake and builds
+everything at once. Every feature table must be row-equal, every column, between the two.
 """
 
 from __future__ import annotations
