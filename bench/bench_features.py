@@ -32,7 +32,7 @@ BASELINE_SQL = """
 with tx as (
     select *, epoch(tx_datetime)::bigint as ts,
            case when label_available_at is not null then tx_fraud end as fraud
-    from read_parquet(?)
+    from read_parquet(?, hive_partitioning = false)
 )
 select
     transaction_id,
@@ -158,7 +158,7 @@ def main() -> None:
         from pipelines.featurestore import store
         from pipelines.ingest.daily import ingest_days
         from pipelines.transform.dbt import run_dbt_build
-        from pipelines.transform.mart import mart_file
+        from pipelines.transform.mart import mart_files
 
         settings = load_settings()
 
@@ -180,7 +180,7 @@ def main() -> None:
 
         def baseline() -> None:
             with duckdb.connect() as con:
-                con.execute(query, [str(mart_file(settings)), out])
+                con.execute(query, [mart_files(settings), out])
 
         _, floor = timed("baseline: 14 features, one DuckDB query", baseline, rows)
         print(f"Spark job / DuckDB baseline: {spark / floor:.1f}x the time")

@@ -43,15 +43,14 @@ def retrieve(rows: int, join: str, out: Path) -> None:
     import resource
     import time
 
-    import pyarrow.parquet as pq
     from feast.infra.offline_stores import ibis as feast_ibis
 
     from pipelines.config import load_settings
     from pipelines.featurestore import offline, store
-    from pipelines.transform.mart import mart_file
+    from pipelines.transform.mart import read_export
 
     settings = load_settings()
-    mart = pq.read_table(mart_file(settings)).to_pandas()
+    mart = read_export(settings)
     entities = store.training_entities(mart.sample(n=min(rows, len(mart)), random_state=1))
     if join == "feast":
         offline.point_in_time_join = feast_ibis.point_in_time_join

@@ -168,13 +168,11 @@ def build_world(home: Path, world: str) -> dict[str, Any]:
     marker = home / WORLD_MARKER
     if marker.exists():
         return json.loads(marker.read_text())
-    import pyarrow.parquet as pq
-
     from pipelines.config import load_settings
     from pipelines.featurestore import store
     from pipelines.featurestore.build import build_features
     from pipelines.ingest.daily import ingest_days
-    from pipelines.transform.mart import mart_file
+    from pipelines.transform.mart import read_export
 
     settings = load_settings()
     started = time.monotonic()
@@ -186,7 +184,7 @@ def build_world(home: Path, world: str) -> dict[str, Any]:
     ingest_days(first, last, settings)
     print("  features (dbt, Spark, Feast materialize)", flush=True)
     build_features(settings)
-    mart = pq.read_table(mart_file(settings)).to_pandas()
+    mart = read_export(settings)
     if world == "product":
         print("  training the first model as `make up` does", flush=True)
         version = train_first_model(settings)

@@ -3,7 +3,7 @@
 Scheduled on the raw-lake Asset: every ingest wakes it (events that arrive while it runs are
 folded into the next run). The events are not trusted to say what changed: ``plan`` compares
 the raw lake with the state the last completed run recorded (``pipelines/featurestore/
-changes.py``), the Spark job rebuilds the days from the earliest changed one on, and
+changes.py``), dbt and the Spark job rebuild the days from the earliest changed one on, and
 ``record_build`` records the new state once the online store is loaded, so a failed or merged
 run leaves the days to the next one and no day is ever skipped. Nothing runs when nothing
 changed. The Trigger form's ``full_refresh`` rebuilds every day, ``rebuild_from`` the days
@@ -26,7 +26,13 @@ from airflow.sdk import Param, dag, task
 
 from pipelines.config import get_settings
 from pipelines.monitoring.retrain import TRAIN_DAG_ID
-from pipelines.orchestration import DEFAULT_ARGS, FEATURES, RAW_TRANSACTIONS, history_start
+from pipelines.orchestration import (
+    DEFAULT_ARGS,
+    FEATURES,
+    RAW_TRANSACTIONS,
+    event_days,
+    history_start,
+)
 from pipelines.training.bootstrap import BOOTSTRAP_RUN_ID
 
 
@@ -52,7 +58,7 @@ from pipelines.training.bootstrap import BOOTSTRAP_RUN_ID
 )
 def build_features():
     @task.short_circuit
-    def plan(params=None, ti=None) -> bool:
+    def plan(params=None, ti=None, triggering_asset_events=None) -> bool:
         import datetime as dt
 
         from pipelines.featurestore.changes import plan_build
@@ -63,25 +69,37 @@ def build_features():
             full=bool(params.get("full_refresh")),
             since=dt.date.fromisoformat(since) if since else None,
         )
+        named = event_days((triggering_asset_events or {}).get(RAW_TRANSACTIONS, []))
+        # What the events said, beside what the lake says: only the lake is trusted.
+        print(f"the triggering events named days {[str(d) for d in named]}")
         print(f"plan: {planned.reason}")
         ti.xcom_push(key="since", value=planned.since.isoformat() if planned.since else None)
+        ti.xcom_push(key="full", value=planned.full)
         ti.xcom_push(key="snapshot", value=planned.snapshot)
         return not planned.up_to_date
 
     @task
-    def dbt_build() -> dict:
+    def dbt_build(ti=None) -> dict:
+        import datetime as dt
+
         from airflow.sdk.exceptions import AirflowFailException
 
         from pipelines.transform.dbt import DbtBuildError, run_dbt_build
 
+        since = ti.xcom_pull(task_ids="plan", key="since")
         try:
-            result = run_dbt_build(get_settings())
+            result = run_dbt_build(
+                get_settings(),
+                since=dt.date.fromisoformat(since) if since else None,
+                full_refresh=bool(ti.xcom_pull(task_ids="plan", key="full")),
+            )
         except DbtBuildError as exc:
             # Failed data tests are deterministic: fail now, retrying cannot help.
             raise AirflowFailException(str(exc)) from exc
         return {
             "models": result.models,
             "tests_passed": result.tests_passed,
+            "since": since,
             "warnings": list(result.warnings),
             "seconds": round(result.elapsed_seconds, 1),
         }

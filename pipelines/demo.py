@@ -22,7 +22,7 @@ import httpx
 from pipelines.lake import utc_today
 from pipelines.platform.traffic import PaymentNetwork
 from pipelines.traffic import replay_day
-from pipelines.transform.mart import mart_file
+from pipelines.transform.mart import mart_files, marts_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,17 +42,20 @@ UNKNOWN_CUSTOMER_ID = 10**9  # no simulated customer has this id
 def sample_transactions(settings: Settings, count: int) -> list[dict[str, Any]]:
     """The ``count`` newest mart transactions, plus a stranger and a big spender."""
 
-    path = mart_file(settings)
-    if not path.exists():
-        raise FileNotFoundError(f"no mart yet ({path}): wait for the first build_features run")
+    files = mart_files(settings)
+    if not files:
+        raise FileNotFoundError(
+            f"no mart yet ({marts_path(settings)}): wait for the first build_features run"
+        )
     with duckdb.connect() as con:
         rows = con.execute(
             """select transaction_id, customer_id, terminal_id, tx_amount, tx_datetime
-               from read_parquet(?) order by tx_datetime desc limit ?""",
-            [str(path), count],
+               from read_parquet(?, hive_partitioning = false)
+               order by tx_datetime desc limit ?""",
+            [files, count],
         ).fetchall()
     if not rows:
-        raise ValueError(f"the mart {path} is empty")
+        raise ValueError(f"the mart {marts_path(settings)} is empty")
     transactions = [
         {
             "transaction_id": int(tid),

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from pipelines.config import Settings
 from pipelines.featurestore.store import historical_features, training_entities
 from pipelines.lake import part_path, write_parquet_atomic
-from pipelines.transform.mart import mart_file
+from pipelines.transform.mart import mart_day_file
 from serving.model import action_for, load_champion
 
 
@@ -37,9 +37,11 @@ def scores_dir(settings: Settings) -> Path:
 def score_day(settings: Settings, day: dt.date) -> BatchScoreResult:
 
     model = load_champion(settings.tracking_uri, settings.model_name)
+    day_file = mart_day_file(settings, day)
+    if not day_file.exists():
+        return BatchScoreResult(day, 0, model.version, None, {})
     mart = pq.read_table(
-        mart_file(settings),
-        filters=[("tx_date", "=", day)],
+        day_file,
         columns=["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"],
     ).to_pandas()
     if mart.empty:

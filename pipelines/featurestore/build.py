@@ -3,9 +3,9 @@ materialize -> record.
 
 What the ``build_features`` DAG runs task by task, for the CLI (``features build``), the
 benchmarks and the tests that need a small world with a loaded feature store. The plan
-(``changes.plan_build``) compares the raw lake with the last completed build: the Spark job
-rebuilds only the days from the earliest changed one on, and nothing runs when nothing
-changed.
+(``changes.plan_build``) compares the raw lake with the last completed build: dbt and the
+Spark job rebuild only the days from the earliest changed one on (a full plan refreshes dbt's
+tables too), and nothing runs when nothing changed.
 """
 
 from __future__ import annotations
@@ -66,10 +66,9 @@ def build_features(
     log.info("feature build plan: %s", plan.reason)
     if plan.up_to_date:
         return FeatureBuild(plan, None, None, None, seconds)
-    dbt = step("dbt build", lambda: run_dbt_build(settings))
-    spark = step(
-        "spark features", lambda: run_feature_job(settings, since=None if plan.full else plan.since)
-    )
+    since = None if plan.full else plan.since
+    dbt = step("dbt build", lambda: run_dbt_build(settings, since=since, full_refresh=plan.full))
+    spark = step("spark features", lambda: run_feature_job(settings, since=since))
     step("feast apply", lambda: store.apply(settings))
     online_until = None
     if materialize:

@@ -27,7 +27,7 @@ from pipelines.contracts import (
 )
 from pipelines.features.job import SECONDS_PER_DAY, WINDOW_DAYS
 from pipelines.lake import day_files, days_between
-from pipelines.transform.mart import mart_file, read_labels
+from pipelines.transform.mart import mart_day_file, mart_files, read_labels
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,7 +57,7 @@ with tx as (
     select transaction_id, tx_datetime, customer_id, terminal_id, tx_amount,
            tx_during_weekend, tx_during_night,
            cast(epoch(tx_datetime) as bigint) as ts
-    from read_parquet($path)
+    from read_parquet($files, hive_partitioning = false)
     where tx_datetime >= $lookback_start and tx_datetime < $end
 ),
 windows as (
@@ -101,15 +101,7 @@ def _midnight(day: dt.date) -> dt.datetime:
 def mart_has_day(settings: Settings, day: dt.date) -> bool:
     """True once the mart export holds transactions of ``day`` (ingest and dbt have run)."""
 
-    path = mart_file(settings)
-    if not path.exists():
-        return False
-    with duckdb.connect() as con:
-        found = con.execute(
-            "select count(*) from read_parquet(?) where tx_datetime >= ? and tx_datetime < ?",
-            [str(path), _midnight(day), _midnight(day + dt.timedelta(days=1))],
-        ).fetchone()[0]
-    return found > 0
+    return mart_day_file(settings, day).exists()
 
 
 def read_transactions_day(
@@ -117,12 +109,14 @@ def read_transactions_day(
 ) -> pd.DataFrame:
     """The transactions of ``day`` with their context columns (``TRANSACTION_COLUMNS``)."""
 
-    path = mart_file(settings)
-    if not path.exists():
-        raise FileNotFoundError(f"no fct_transactions export at {path}: run dbt first")
+    exported = mart_files(settings)
+    if not exported:
+        raise FileNotFoundError("no fct_transactions export yet: run dbt first")
+    # No exported day in reach: any one file gives the same empty, typed answer.
+    files = mart_files(settings, day - dt.timedelta(days=lookback_days), day) or exported[-1:]
     start = _midnight(day)
     params = {
-        "path": str(path),
+        "files": files,
         "start": start,
         "end": start + dt.timedelta(days=1),
         "lookback_start": start - dt.timedelta(days=lookback_days),

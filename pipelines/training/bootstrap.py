@@ -40,15 +40,10 @@ def first_labelled_day_needed(settings: Settings, test_end: dt.date) -> dt.date:
 
 
 def mart_first_day(settings: Settings) -> dt.date | None:
-    import duckdb
+    from pipelines.transform.mart import mart_days
 
-    from pipelines.transform.mart import mart_file
-
-    path = mart_file(settings)
-    if not path.exists():
-        return None
-    with duckdb.connect() as con:
-        return con.execute("select min(tx_date) from read_parquet(?)", [str(path)]).fetchone()[0]
+    days = mart_days(settings)
+    return days[0] if days else None
 
 
 def first_model_verdict(settings: Settings, active_training_runs: int) -> BootstrapVerdict:

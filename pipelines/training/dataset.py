@@ -33,7 +33,7 @@ from pipelines.config import Settings
 from pipelines.featurestore.repo import FEATURE_SERVICE
 from pipelines.featurestore.store import get_store, historical_features, training_entities
 from pipelines.protocol import SplitWindows
-from pipelines.transform.mart import mart_file
+from pipelines.transform.mart import mart_files
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +66,19 @@ def _midnight(day: dt.date) -> dt.datetime:
 def read_mart(settings: Settings, first_day: dt.date, last_day: dt.date) -> pd.DataFrame:
     """Mart rows of days ``first_day`` .. ``last_day`` (inclusive), sorted by time."""
 
-    path = mart_file(settings)
-    if not path.exists():
-        raise FileNotFoundError(f"no fct_transactions export at {path}: run the feature build")
+    exported = mart_files(settings)
+    if not exported:
+        raise FileNotFoundError("no fct_transactions export yet: run the feature build")
+    # No exported day in the range: any one file gives the same empty, typed answer.
+    files = mart_files(settings, first_day, last_day) or exported[-1:]
     query = f"""
-        select {", ".join(MART_COLUMNS)} from read_parquet(?)
+        select {", ".join(MART_COLUMNS)} from read_parquet(?, hive_partitioning = false)
         where tx_datetime >= ? and tx_datetime < ?
         order by tx_datetime, transaction_id
     """
     with duckdb.connect() as con:
         frame = con.execute(
-            query, [str(path), _midnight(first_day), _midnight(last_day + dt.timedelta(days=1))]
+            query, [files, _midnight(first_day), _midnight(last_day + dt.timedelta(days=1))]
         ).df()
     for column in ("tx_datetime", "label_available_at"):
         frame[column] = frame[column].dt.tz_convert("UTC").astype("datetime64[us, UTC]")

@@ -47,7 +47,7 @@ from pipelines.registry import promotion, tracking, versions
 from pipelines.training import dataset, distributed, ensemble, steps, tune, tune_workers
 from pipelines.training.artifacts import plot_precision_recall, plot_roc, plot_search_history
 from pipelines.training.model import FraudScorer, configure_threads
-from pipelines.transform.mart import mart_file
+from pipelines.transform.mart import mart_files
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,15 @@ def latest_assessable_day(settings: Settings) -> dt.date:
 
     query = """
         select max(tx_date) from (
-            select tx_date from read_parquet(?) group by tx_date
+            select tx_date from read_parquet(?, hive_partitioning = false) group by tx_date
             having count(*) = count(tx_fraud)
         )
     """
+    files = mart_files(settings)
+    if not files:
+        raise ValueError("no mart export yet: nothing can be assessed")
     with duckdb.connect() as con:
-        day = con.execute(query, [str(mart_file(settings))]).fetchone()[0]
+        day = con.execute(query, [files]).fetchone()[0]
     if day is None:
         raise ValueError("no fully labelled day in the mart yet: nothing can be assessed")
     return day

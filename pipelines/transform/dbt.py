@@ -11,6 +11,8 @@ from the dbt CLI or from Cosmos as long as those two variables are exported.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import os
 import threading
@@ -80,7 +82,7 @@ def _remove_stale_tmp_exports(settings: Settings) -> None:
     # would read it as a second copy of the mart.
     if not settings.marts_dir.is_dir():
         return
-    for stale in settings.marts_dir.glob(f"*/{_DUCKDB_TMP_PREFIX}*.parquet"):
+    for stale in settings.marts_dir.glob(f"*/date=*/{_DUCKDB_TMP_PREFIX}*.parquet"):
         log.warning("removing stale export %s", stale)
         stale.unlink(missing_ok=True)
 
@@ -129,9 +131,18 @@ def _dbt_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def run_dbt_build(settings: Settings, select: str | None = None) -> DbtBuildResult:
+def run_dbt_build(
+    settings: Settings,
+    select: str | None = None,
+    *,
+    since: dt.date | None = None,
+    full_refresh: bool = False,
+) -> DbtBuildResult:
     """``dbt build`` (models and their tests, in DAG order); raises DbtBuildError on any failure.
 
+    ``since``: rebuild the days from that one on (``--vars {since: ...}``): the models read
+    those raw day partitions only and the export rewrites those days only. Without it every
+    day is read again; ``full_refresh`` rebuilds the warehouse tables from scratch.
     A failing test stops its downstream models (dbt skips them), so a bad raw file never reaches
     the exported mart: the previous export stays in place.
     """
@@ -145,6 +156,10 @@ def run_dbt_build(settings: Settings, select: str | None = None) -> DbtBuildResu
     args = _dbt_args(settings, "build")
     if select:
         args += ["--select", select]
+    if since is not None:
+        args += ["--vars", json.dumps({"since": since.isoformat()})]
+    if full_refresh:
+        args.append("--full-refresh")
     started = time.monotonic()
     with _INVOKE_LOCK, _environment(_dbt_env(settings)):
         _remove_stale_tmp_exports(settings)

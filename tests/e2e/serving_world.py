@@ -13,12 +13,11 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from pipelines.config import Settings
 from pipelines.featurestore import store
 from pipelines.platform.scoring import SERVICE, BentoProcess
-from pipelines.transform.mart import mart_file
+from pipelines.transform.mart import read_export
 from tests.worlds import world_copy
 
 MAX_BATCH = 5
@@ -93,7 +92,7 @@ def build_serving_world(shared_world: Path, home: Path) -> dict:
     extra = {**ENV, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(home / "bentoml")}
     with world_copy(shared_world, home, **extra) as settings:
         store.materialize_latest(settings)
-        mart = pq.read_table(mart_file(settings)).to_pandas()
+        mart = read_export(settings)
         labelled = mart[mart.tx_fraud.notna()]
         features = store.historical_features(settings, store.training_entities(labelled))
         frame = features.merge(labelled[["transaction_id", "tx_fraud"]], on="transaction_id")

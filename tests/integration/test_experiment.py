@@ -17,10 +17,9 @@ from pipelines import contracts
 from pipelines.experiment.analysis import analyze
 from pipelines.experiment.cli import experiment_app
 from pipelines.experiment.statistics import AnalysisConfig
-from pipelines.lake import write_parquet_atomic
 from pipelines.registry import promotion, tracking, versions
-from pipelines.transform.mart import mart_file
 from serving.prediction_log import PredictionLog
+from tests.mart_export import write_mart
 from tests.unit.test_experiment_analysis import simulate
 
 CONFIG = AnalysisConfig(n_bootstrap=300)
@@ -67,7 +66,7 @@ def _write_experiment(settings, frame: pd.DataFrame, versions: dict[str, str]) -
             "tx_fraud": frame["tx_fraud"].astype("Int64"),
         }
     )
-    write_parquet_atomic(pa.Table.from_pandas(mart_rows, preserve_index=False), mart_file(settings))
+    write_mart(settings, pa.Table.from_pandas(mart_rows, preserve_index=False))
 
 
 def test_ship_promotes_the_challenger_records_it_and_can_be_rolled_back(settings):

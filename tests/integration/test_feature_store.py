@@ -20,7 +20,7 @@ from pipelines.config import Settings
 from pipelines.features.job import RECENT_EVENT_COLUMNS
 from pipelines.featurestore import store
 from pipelines.monitoring.data import read_transactions_day
-from pipelines.transform.mart import mart_file
+from pipelines.transform.mart import read_export
 from tests.worlds import LABEL_DELAY_DAYS, world_copy
 
 DELAY = LABEL_DELAY_DAYS
@@ -38,7 +38,7 @@ def built(shared_world, tmp_path_factory) -> Iterator[Settings]:
 
 @pytest.fixture(scope="module")
 def mart(built) -> pd.DataFrame:
-    return pq.read_table(mart_file(built)).to_pandas()
+    return read_export(built)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ One lake grows as in production: a first build, then a build after a day re-deli
 other contents and labels corrected for another old day, and one after a newly ingested day;
 each build rebuilds only the days from the earliest changed one on
 (``featurestore/changes.py``). A second home gets a copy of the final raw lake and builds
-everything at once. Every feature table must be row-equal, every column, between the two.
+everything at once. Every feature table and the dbt mart must be row-equal, every column,
+between the two.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pipelines.featurestore.build import FeatureBuild, build_features
 from pipelines.ingest import schema
 from pipelines.ingest.daily import ingest_days
 from pipelines.lake import day_files, part_path, write_parquet_atomic
-from pipelines.transform.mart import mart_file
+from pipelines.transform.mart import read_export
 from tests.worlds import FIRST_DAY, LABEL_DELAY_DAYS, world_settings
 
 # Later than the longest lookback after the first day: each incremental build below reads
@@ -131,11 +132,19 @@ def test_incremental_tables_equal_the_full_rebuild(grown, rebuilt, name):
     pd.testing.assert_frame_equal(incremental, expected, check_exact=True)
 
 
+def test_the_incremental_mart_equals_the_full_rebuild(grown, rebuilt):
+    home, _ = grown
+    with world_settings(home) as inc, world_settings(rebuilt) as full:
+        incremental, expected = read_export(inc), read_export(full)
+    assert len(incremental) == len(expected) > 0
+    pd.testing.assert_frame_equal(incremental, expected, check_exact=True)
+
+
 def test_the_changes_reached_the_features(grown):
     home, builds = grown
     with world_settings(home) as settings:
         customers = _table(settings.features_dir, CUSTOMER_TABLE)
-        mart = pq.read_table(mart_file(settings)).to_pandas().set_index("transaction_id")
+        mart = read_export(settings).set_index("transaction_id")
     redelivered = builds["redelivered ids"]
     own = customers[customers.transaction_id.isin(redelivered)]
     for row in own.itertuples():

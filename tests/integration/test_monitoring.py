@@ -168,16 +168,16 @@ def _log_predictions(settings: Settings, days: list[dt.date], noisy_from: dt.dat
     import duckdb
     import numpy as np
 
-    from pipelines.transform.mart import mart_file
+    from pipelines.transform.mart import mart_files
     from serving.prediction_log import PredictionLog
 
     with duckdb.connect() as con:
         mart = con.execute(
             "select transaction_id, tx_datetime, customer_id, terminal_id, tx_amount, tx_fraud "
-            "from read_parquet(?) where tx_datetime >= ? and tx_datetime < ? "
-            "order by tx_datetime",
+            "from read_parquet(?, hive_partitioning = false) "
+            "where tx_datetime >= ? and tx_datetime < ? order by tx_datetime",
             [
-                str(mart_file(settings)),
+                mart_files(settings),
                 dt.datetime.combine(days[0], dt.time(), dt.UTC),
                 dt.datetime.combine(days[-1] + dt.timedelta(days=1), dt.time(), dt.UTC),
             ],

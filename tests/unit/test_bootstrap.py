@@ -5,11 +5,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines.training.bootstrap import first_labelled_day_needed, first_model_verdict
-from pipelines.transform.mart import mart_file
+from tests.mart_export import write_mart
 
 LABEL_DELAY = 7
 
@@ -21,10 +20,8 @@ def _write_mart(settings, first: dt.date, days: int) -> dt.date:
         day = first + dt.timedelta(days=i)
         labelled = i < days - LABEL_DELAY
         rows += [{"tx_date": day, "tx_fraud": (0 if labelled else None)} for _ in range(3)]
-    path = mart_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.schema([("tx_date", pa.date32()), ("tx_fraud", pa.int8())])
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    write_mart(settings, pa.Table.from_pylist(rows, schema=schema))
     return first + dt.timedelta(days=days - LABEL_DELAY - 1)  # the newest labelled day
 
 

@@ -1,23 +1,27 @@
 -- One row per transaction with its calendar flags and, once it has arrived, its fraud label.
--- Exported as a single Parquet file in <lake>/marts/fct_transactions/: DuckDB's COPY writes
--- tmp_<name> then renames it over the old file, so a rerun replaces the whole export and never
--- leaves stale rows beside the new ones. Day, weekday and hour are taken in UTC explicitly
--- (timezone('UTC', ...)), whatever the session time zone.
+-- A table in the warehouse, incremental by day (dbt_project.yml), exported to the lake one
+-- Parquet file per day, <lake>/marts/fct_transactions/date=<day>/fct_transactions.parquet: a
+-- build rewrites only the days it rebuilt (export_day_partitions). Day, weekday and hour are
+-- taken in UTC explicitly (timezone('UTC', ...)), whatever the session time zone.
 
 {{ config(
-    location=env_var('FRAUD_LAKE_DIR').rstrip('/') ~ '/marts/fct_transactions/fct_transactions.parquet',
-    pre_hook="{{ ensure_lake_directory('marts/fct_transactions') }}",
+    post_hook="{{ export_day_partitions(this, 'marts/fct_transactions', 'tx_date',
+                                        'tx_datetime, transaction_id') }}",
 ) }}
+
+{%- set since = rebuild_since() %}
 
 with transactions as (
 
     select * from {{ ref('stg_transactions') }}
+    {% if since %}where partition_date >= date '{{ since }}'{% endif %}
 
 ),
 
 labels as (
 
     select * from {{ ref('stg_labels') }}
+    {% if since %}where partition_date >= date '{{ since }}'{% endif %}
 
 ),
 

@@ -1,13 +1,15 @@
 -- One label per transaction_id: the latest to arrive wins (a corrected chargeback replaces the
 -- first one); ties broken by partition, file name and value so reruns pick the same row.
 -- Before the first label partition exists (the first label_delay_days of history) this is an
--- empty, typed table instead of a read error.
+-- empty, typed table instead of a read error. A label sits in its transaction's day partition
+-- (tested), so an incremental build reads and replaces the days from var `since` on alone.
 
 {% if has_lake_files('raw', 'labels') %}
 
 with source as (
 
     select * from {{ source('raw', 'labels') }}
+    {% if rebuild_since() %}where "date" >= date '{{ rebuild_since() }}'{% endif %}
 
 ),
 

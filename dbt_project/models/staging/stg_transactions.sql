@@ -2,10 +2,14 @@
 -- The lake holds one file per (day partition, source), so a repeated id means two files claim
 -- the same transaction (a second source, a hand-placed file). Keep the row of the latest
 -- partition, then of the greatest file name, then by value: the same row on every rerun.
+-- Incremental: only the day partitions from var `since` on are read, and they replace those
+-- days' rows (dbt_project.yml); an id repeated across an old and a rebuilt day then fails
+-- the unique test instead of being deduplicated.
 
 with source as (
 
     select * from {{ source('raw', 'transactions') }}
+    {% if rebuild_since() %}where "date" >= date '{{ rebuild_since() }}'{% endif %}
 
 ),
 
