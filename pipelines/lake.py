@@ -44,6 +44,28 @@ def day_files(table_dir: Path, day: dt.date) -> list[Path]:
     return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
 
 
+def partition_days(table_dir: Path) -> list[dt.date]:
+    """The days that have a partition folder, oldest first."""
+    if not table_dir.is_dir():
+        return []
+    return sorted(
+        dt.date.fromisoformat(p.name.removeprefix("date="))
+        for p in table_dir.glob("date=*")
+        if p.is_dir()
+    )
+
+
+def files_of_days(table_dir: Path, first: dt.date, last: dt.date) -> list[Path]:
+    """The complete part files of the days ``first`` .. ``last`` (inclusive), oldest first:
+    what a reader of an interval opens instead of every partition of the history."""
+    return [
+        path
+        for day in partition_days(table_dir)
+        if first <= day <= last
+        for path in day_files(table_dir, day)
+    ]
+
+
 STALE_TMP_SECONDS = 3600.0  # far longer than any write: older ones were left by a killed writer
 
 

@@ -14,20 +14,32 @@ the features of the rows picked: the feature table is filtered to them by a semi
 streams it) and joined back. Same rows, same predicates, same tie rule as Feast; memory grows
 with the entity rows, not with the candidates.
 
+Materialization reads only the day partitions of the interval it loads: the Spark tables are
+partitioned by the UTC day of ``event_timestamp``, and Feast's reader opens a whole folder,
+so every daily load would otherwise scan the history (``pull_latest_from_table_or_query``).
+
 Configured by ``pipelines.featurestore.repo.render_config`` (``OFFLINE_STORE``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import ibis
+from feast import FileSource
+from feast.data_source import DataSource
+from feast.infra.offline_stores import duckdb as feast_duckdb
 from feast.infra.offline_stores import ibis as feast_ibis
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineStoreConfig
+from feast.infra.offline_stores.offline_store import RetrievalJob
+from feast.repo_config import RepoConfig
 from ibis.expr.types import Table
+
+from pipelines.lake import files_of_days, partition_days
 
 
 class LeanJoinDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
@@ -107,8 +119,57 @@ def _lean_join() -> Iterator[None]:
         feast_ibis.point_in_time_join = feast_join
 
 
+def interval_reader(start: datetime, end: datetime) -> Callable[[DataSource, str], Table]:
+    """Feast's DuckDB source reader, limited to the day partitions from ``start``'s UTC day to
+    ``end``'s when the source is a day-partitioned folder (anything else: Feast's reader)."""
+    first, last = (t.astimezone(UTC).date() for t in (start, end))
+
+    def read(data_source: DataSource, repo_path: str) -> Table:
+        if isinstance(data_source, FileSource):
+            folder = Path(data_source.path)
+            days = partition_days(folder)
+            # Nothing in the interval: the same empty answer, from the newest day alone.
+            files = files_of_days(folder, first, last) or (
+                files_of_days(folder, days[-1], days[-1]) if days else []
+            )
+            if files:
+                return ibis.read_parquet([str(f) for f in files])
+        return feast_duckdb._read_data_source(data_source, repo_path)
+
+    return read
+
+
 class LeanJoinDuckDBOfflineStore(DuckDBOfflineStore):
-    """``DuckDBOfflineStore`` with the lean point-in-time join (module docstring)."""
+    """``DuckDBOfflineStore`` with the lean point-in-time join, and materialization reading the
+    day partitions of its interval only (module docstring)."""
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime,
+        end_date: datetime,
+    ) -> RetrievalJob:
+        return feast_ibis.pull_latest_from_table_or_query_ibis(
+            config=config,
+            data_source=data_source,
+            join_key_columns=join_key_columns,
+            feature_name_columns=feature_name_columns,
+            timestamp_field=timestamp_field,
+            created_timestamp_column=created_timestamp_column,
+            start_date=start_date,
+            end_date=end_date,
+            data_source_reader=interval_reader(start_date, end_date),
+            data_source_writer=feast_duckdb._write_data_source,
+            staging_location=config.offline_store.staging_location,
+            staging_location_endpoint_override=(
+                config.offline_store.staging_location_endpoint_override
+            ),
+        )
 
     @staticmethod
     def get_historical_features(*args: Any, **kwargs: Any) -> Any:

@@ -25,7 +25,7 @@ from feast.repo_operations import apply_total
 from pipelines.config import Settings, get_settings
 from pipelines.features.job import CUSTOMER_TABLE, TERMINAL_LABEL_TABLE, TERMINAL_TABLE
 from pipelines.featurestore.repo import FEATURE_REPO, FEATURE_SERVICE, render_config, write_config
-from pipelines.lake import write_text_atomic
+from pipelines.lake import files_of_days, partition_days, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +115,17 @@ def materialize(settings: Settings, end: dt.datetime) -> str:
 def latest_feature_time(settings: Settings) -> dt.datetime | None:
     """The newest event timestamp in the Spark feature tables (None if there are none)."""
     # The entity states (the pair table only says when a pair last met).
-    tables = [
-        settings.features_dir / t for t in (CUSTOMER_TABLE, TERMINAL_TABLE, TERMINAL_LABEL_TABLE)
-    ]
-    globs = [str(t / "**" / "*.parquet") for t in tables if any(t.rglob("*.parquet"))]
-    if not globs:
+    # The tables are partitioned by the UTC day of event_timestamp: the newest day holds it.
+    files = []
+    for name in (CUSTOMER_TABLE, TERMINAL_TABLE, TERMINAL_LABEL_TABLE):
+        table = settings.features_dir / name
+        days = partition_days(table)
+        files += [str(f) for f in files_of_days(table, days[-1], days[-1])] if days else []
+    if not files:
         return None
     with duckdb.connect() as con:
-        return con.execute("select max(event_timestamp) from read_parquet(?)", [globs]).fetchone()[
-            0
-        ]
+        query = "select max(event_timestamp) from read_parquet(?, hive_partitioning = false)"
+        return con.execute(query, [files]).fetchone()[0]
 
 
 def materialize_latest(settings: Settings) -> dt.datetime | None:
