@@ -5,6 +5,7 @@ payments the scoring API scored that day (the replayed payment network, or any c
 run owns its data interval (one day): it overwrites that day's partition atomically, so a
 rerun or a retry changes nothing. Catchup from the pinned history start backfills history on a
 fresh system by itself. A manual run may name the day to (re)ingest with the ``day`` param.
+Its Asset events name the days written (``extra.days``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pipelines.orchestration import (
     DEFAULT_ARGS,
     RAW_LABELS,
     RAW_TRANSACTIONS,
+    days_extra,
     history_start,
     run_day,
 )
@@ -40,11 +42,15 @@ from pipelines.orchestration import (
 )
 def ingest_transactions():
     @task(outlets=[RAW_TRANSACTIONS, RAW_LABELS])
-    def ingest_day(data_interval_start=None, params=None) -> dict:
+    def ingest_day(data_interval_start=None, params=None, outlet_events=None) -> dict:
         from pipelines.ingest.daily import ingest_day
 
         day = run_day(params, data_interval_start)
         result = ingest_day(day, get_settings())
+        if outlet_events is not None:
+            written = days_extra(result.day, result.labels_day)
+            outlet_events[RAW_TRANSACTIONS].extra = written
+            outlet_events[RAW_LABELS].extra = written
         return {
             "day": result.day.isoformat(),
             "source": result.source,

@@ -7,7 +7,7 @@ Imported at DAG parse time, so it must stay light (no pandas, no Spark, no torch
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow.sdk import Asset
@@ -21,6 +21,11 @@ RAW_LABELS = Asset(name="raw_labels", uri="lake://raw/labels")
 FEATURES = Asset(name="features", uri="feast://fraud/fraud_model_v1")
 # A new registered version passed (or failed) the promotion gate.
 MODEL = Asset(name="champion_model", uri="mlflow://models/fraud-detector")
+
+# The raw-lake Asset events' extra: the transaction days an ingest wrote (its day, and the day
+# whose labels arrived with it). Informative only: build_features plans from the lake's own
+# state, because Airflow merges queued events into one run and events can be lost.
+DAYS_EXTRA = "days"
 
 DEFAULT_ARGS = {
     "owner": "fraud-platform",
@@ -50,3 +55,14 @@ def run_day(params: Mapping[str, Any] | None, interval_edge: dt.datetime | None)
     if interval_edge is None:
         raise ValueError("this run has no data interval: give the day to work on (param day)")
     return interval_edge.date()
+
+
+def days_extra(*days: dt.date | None) -> dict[str, list[str]]:
+    """The extra of a raw-lake Asset event for the days an ingest wrote."""
+    return {DAYS_EXTRA: sorted({d.isoformat() for d in days if d is not None})}
+
+
+def event_days(events: Iterable[Any]) -> list[dt.date]:
+    """The days the triggering raw-lake events named (their ``extra``), oldest first."""
+    named = {day for event in events for day in (event.extra or {}).get(DAYS_EXTRA, [])}
+    return [dt.date.fromisoformat(d) for d in sorted(named)]

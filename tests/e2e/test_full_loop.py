@@ -430,6 +430,13 @@ def test_the_scheduler_backfilled_the_history_window_by_itself(system):
     for day in history:
         path = part_path(airflow.settings.raw_transactions_dir, day, "simulated")
         assert pq.read_table(path).num_rows > 0
+    # Each ingest's raw-lake event names the days it wrote (informative: build_features plans
+    # from the lake's state).
+    events = api.get(
+        "/assets/events", params={"source_dag_id": "ingest_transactions", "limit": 200}
+    ).json()["asset_events"]
+    named = {day for e in events for day in (e.get("extra") or {}).get("days", [])}
+    assert {d.isoformat() for d in history} <= named, sorted(named)
 
 
 def test_features_were_built_by_asset_events_alone(system):
