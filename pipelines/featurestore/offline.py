@@ -16,7 +16,8 @@ with the entity rows, not with the candidates.
 
 Materialization reads only the day partitions of the interval it loads: the Spark tables are
 partitioned by the UTC day of ``event_timestamp``, and Feast's reader opens a whole folder,
-so every daily load would otherwise scan the history (``pull_latest_from_table_or_query``).
+so every daily load would otherwise scan the history (``pull_all_from_table_or_query``, what
+Feast's local compute engine materializes from, and ``pull_latest_from_table_or_query``).
 
 Configured by ``pipelines.featurestore.repo.render_config`` (``OFFLINE_STORE``).
 """
@@ -119,21 +120,26 @@ def _lean_join() -> Iterator[None]:
         feast_ibis.point_in_time_join = feast_join
 
 
-def interval_reader(start: datetime, end: datetime) -> Callable[[DataSource, str], Table]:
+def interval_reader(
+    start: datetime | None, end: datetime | None
+) -> Callable[[DataSource, str], Table]:
     """Feast's DuckDB source reader, limited to the day partitions from ``start``'s UTC day to
-    ``end``'s when the source is a day-partitioned folder (anything else: Feast's reader)."""
-    first, last = (t.astimezone(UTC).date() for t in (start, end))
+    ``end``'s (an open end: the oldest or newest day) when the source is a day-partitioned
+    folder; anything else, Feast's reader."""
 
     def read(data_source: DataSource, repo_path: str) -> Table:
         if isinstance(data_source, FileSource):
             folder = Path(data_source.path)
             days = partition_days(folder)
-            # Nothing in the interval: the same empty answer, from the newest day alone.
-            files = files_of_days(folder, first, last) or (
-                files_of_days(folder, days[-1], days[-1]) if days else []
-            )
-            if files:
-                return ibis.read_parquet([str(f) for f in files])
+            if days:
+                first = start.astimezone(UTC).date() if start else days[0]
+                last = end.astimezone(UTC).date() if end else days[-1]
+                # Nothing in the interval: the same empty answer, from the newest day alone.
+                files = files_of_days(folder, first, last) or files_of_days(
+                    folder, days[-1], days[-1]
+                )
+                if files:
+                    return ibis.read_parquet([str(f) for f in files])
         return feast_duckdb._read_data_source(data_source, repo_path)
 
     return read
@@ -142,6 +148,35 @@ def interval_reader(start: datetime, end: datetime) -> Callable[[DataSource, str
 class LeanJoinDuckDBOfflineStore(DuckDBOfflineStore):
     """``DuckDBOfflineStore`` with the lean point-in-time join, and materialization reading the
     day partitions of its interval only (module docstring)."""
+
+    @staticmethod
+    def pull_all_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+    ) -> RetrievalJob:
+        # What Feast's local compute engine materializes from (it deduplicates afterwards).
+        return feast_ibis.pull_all_from_table_or_query_ibis(
+            config=config,
+            data_source=data_source,
+            join_key_columns=join_key_columns,
+            feature_name_columns=feature_name_columns,
+            timestamp_field=timestamp_field,
+            created_timestamp_column=created_timestamp_column,
+            start_date=start_date,
+            end_date=end_date,
+            data_source_reader=interval_reader(start_date, end_date),
+            data_source_writer=feast_duckdb._write_data_source,
+            staging_location=config.offline_store.staging_location,
+            staging_location_endpoint_override=(
+                config.offline_store.staging_location_endpoint_override
+            ),
+        )
 
     @staticmethod
     def pull_latest_from_table_or_query(

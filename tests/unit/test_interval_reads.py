@@ -67,18 +67,45 @@ def test_the_reader_opens_only_the_days_of_the_interval(tmp_path: Path) -> None:
     assert sorted(frame["value"]) == [4.0, 4.5, 5.0, 5.5]
 
 
-def test_materialization_pulls_the_newest_row_per_entity_of_the_interval(tmp_path: Path) -> None:
-    _table(tmp_path / "t")
-    config = SimpleNamespace(
+def _config(tmp_path: Path) -> SimpleNamespace:
+    return SimpleNamespace(
         repo_path=tmp_path,
         offline_store=SimpleNamespace(
             staging_location=None, staging_location_endpoint_override=None
         ),
     )
 
+
+def test_materialization_pulls_the_rows_of_the_interval(tmp_path: Path) -> None:
+    """``pull_all_from_table_or_query``: what Feast's local compute engine materializes from
+    (``pull_latest_features`` is off), before it keeps the newest row per entity."""
+    _table(tmp_path / "t")
+    store = LeanJoinDuckDBOfflineStore
+
+    def pull(start: dt.datetime | None, end: dt.datetime | None) -> list[float]:
+        job = store.pull_all_from_table_or_query(
+            _config(tmp_path),
+            _source(tmp_path / "t"),
+            ["customer_id"],
+            ["value"],
+            "event_timestamp",
+            None,
+            start,
+            end,
+        )
+        return sorted(job.to_df()["value"])
+
+    assert pull(_at(DAYS[3], 11), _at(DAYS[4], 15)) == [4.5, 5.0]
+    assert pull(_at(DAYS[4], 21), _at(DAYS[4], 23) + dt.timedelta(days=3)) == []
+    assert pull(_at(DAYS[3], 0), None) == [4.0, 4.5, 5.0, 5.5]  # an open end: the newest day
+
+
+def test_pull_latest_keeps_the_newest_row_per_entity_of_the_interval(tmp_path: Path) -> None:
+    _table(tmp_path / "t")
+
     def pull(start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
         job = LeanJoinDuckDBOfflineStore.pull_latest_from_table_or_query(
-            config,
+            _config(tmp_path),
             _source(tmp_path / "t"),
             ["customer_id"],
             ["value"],
