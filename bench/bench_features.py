@@ -77,12 +77,14 @@ def timed(label: str, fn, rows: int | None = None):
 STEPS = ("dbt build", "spark features", "feast apply", "materialize")
 
 
-def growth(sizes: list[int], json_out: str | None) -> None:
-    """The growth table (module docstring)."""
+def growth(sizes: list[int], json_out: str | None, keep: str | None = None) -> None:
+    """The growth table (module docstring); ``keep``: build the world there and leave it."""
+    import contextlib
     import json
 
     start = dt.date(2018, 4, 1)
-    with tempfile.TemporaryDirectory() as home:
+    where = contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory()
+    with where as home:
         os.environ.update(FRAUD_HOME=home, FRAUD_HISTORY_START=start.isoformat())
         from pipelines.config import load_settings
         from pipelines.featurestore.build import build_features
@@ -142,9 +144,12 @@ def main() -> None:
     parser.add_argument("--growth", action="store_true", help="The growth table instead.")
     parser.add_argument("--sizes", type=int, nargs="+", default=[30, 90, 180, 365])
     parser.add_argument("--json", default=None, help="Also write the growth rows here.")
+    parser.add_argument(
+        "--keep", default=None, help="Growth: build the world in this empty folder and keep it."
+    )
     args = parser.parse_args()
     if args.growth:
-        growth(args.sizes, args.json)
+        growth(args.sizes, args.json, args.keep)
         return
     start = dt.date(2018, 4, 1)
     last = start + dt.timedelta(days=args.days - 1)

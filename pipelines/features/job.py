@@ -15,9 +15,9 @@ docs/data-and-features.md#feature-specification.
 Incremental: with ``--since S`` the job rebuilds the rows whose event falls on day S or later
 and replaces those day partitions only. Everything before S is left as it is, which is exact
 because no feature of a row at t depends on anything later than t. It reads the mart from
-``lookback_days`` before S (every window of a rebuilt row reaches no further back), and the
-whole label history for ``terminal_label_features``, whose state (the newest three labels, the
-fraud streak) has no window.
+``lookback_days`` before S (every window of a rebuilt row reaches no further back), and for
+``terminal_label_features``, whose state (the newest three labels, the fraud streak) has no
+window, each terminal's labels from its last genuine one before S (``label_history_for``).
 """
 
 from __future__ import annotations
@@ -117,19 +117,29 @@ def _hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
     return jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jpath
 
 
-def read_transactions(spark: SparkSession, marts_dir: str) -> DataFrame:
-    """The mart's transactions, cast to the contract types; fails clearly if absent."""
+def read_transactions(
+    spark: SparkSession, marts_dir: str, from_day: dt.date | None = None
+) -> DataFrame:
+    """The mart's transactions, cast to the contract types; fails clearly if absent.
+
+    ``from_day``: only the export's day folders (``date=``) from that day on are listed and
+    read, when it has them, so a run over the last days opens none of the history's files.
+    """
     from pyspark.sql import functions as F
 
     source = f"{marts_dir.rstrip('/')}/{INPUT_TABLE}"
     fs, jpath = _hadoop_fs(spark, source)
     if not fs.exists(jpath):
         raise InputError(f"input dataset not found: {source}")
+    paths = [source]
+    if from_day is not None:
+        days = _day_partitions(spark, source)
+        paths = [str(p) for day, p in sorted(days.items()) if day >= from_day] or paths
     # Spark skips hidden "."/"_" files, so a writer's hidden temporary files are never read.
     frame = (
         spark.read.option("recursiveFileLookup", "true")
         .option("pathGlobFilter", "*.parquet")
-        .parquet(source)
+        .parquet(*paths)
     )
     missing = sorted(set(INPUT_COLUMNS) - set(frame.columns))
     if missing:
@@ -352,6 +362,46 @@ def build_terminal_labels(tx: DataFrame) -> DataFrame:
         .where(F.col("rank_at_instant") == 1)
         .select("terminal_id", "event_timestamp", *TERMINAL_LABEL_FEATURES)
     )
+
+
+def label_history_for(labels: DataFrame, first: dt.datetime) -> DataFrame:
+    """The label rows the terminal label states of arrivals from ``first`` on depend on.
+
+    Per terminal, a suffix of its arrivals: from the earlier of its last genuine label before
+    ``first`` (where the fraud streak of any later row starts at the latest) and the instant of
+    its second-newest arrival before it (the share of the last three labels looks two back),
+    whole instants included; all of them for a terminal without both. Over such a suffix every
+    window of ``build_terminal_labels`` gives the rows from ``first`` on the values it gives
+    over the whole history: an aggregate over the history instead of its window sorts.
+    """
+    from pyspark.sql import functions as F
+
+    arrival = F.unix_micros("label_available_at")
+    labels = labels.where(F.col("label_available_at").isNotNull() & F.col("tx_fraud").isNotNull())
+    before = labels.where(F.col("label_available_at") < F.lit(first)).select(
+        "terminal_id", arrival.alias("arrival"), "tx_fraud"
+    )
+    newest = before.groupBy("terminal_id").agg(
+        F.max("arrival").alias("newest"),
+        F.max(F.when(F.col("tx_fraud") == 0, F.col("arrival"))).alias("last_genuine"),
+    )
+    second = (
+        before.join(newest, "terminal_id")
+        .where(F.col("arrival") < F.col("newest"))
+        .groupBy("terminal_id")
+        .agg(F.max("arrival").alias("second_newest"))
+    )
+    cutoffs = newest.join(second, "terminal_id", "left").select(
+        "terminal_id",
+        # No genuine label, or a single arrival instant, before `first`: keep everything.
+        F.least("last_genuine", "second_newest").alias("cutoff"),
+        (F.col("last_genuine").isNull() | F.col("second_newest").isNull()).alias("keep_all"),
+    )
+    # A terminal without labels before `first` has no cutoff row: all of its labels are new.
+    kept = labels.join(F.broadcast(cutoffs), "terminal_id", "left").where(
+        F.col("cutoff").isNull() | F.col("keep_all") | (arrival >= F.col("cutoff"))
+    )
+    return kept.drop("cutoff", "keep_all")
 
 
 def build_terminal_features(tx: DataFrame, delay_days: int) -> DataFrame:
@@ -589,9 +639,11 @@ def run(
     else:
         first = dt.datetime.combine(since, dt.time(), dt.UTC)
         reach = first - dt.timedelta(days=lookback_days(delay_days))
-        # The mart is sorted by time: the filter skips most row groups of the history.
-        tx, counts = validate_transactions(everything.where(F.col("tx_datetime") >= reach))
-        label_history = everything.where(_has_keys() & F.col("label_available_at").isNotNull())
+        recent = read_transactions(spark, marts_dir, reach.date())
+        tx, counts = validate_transactions(recent.where(F.col("tx_datetime") >= reach))
+        # Read once for the three tables built from it (and small: the lookback's days).
+        tx = tx.cache()
+        label_history = label_history_for(everything.where(_has_keys()), first)
     tables = {
         CUSTOMER_TABLE: build_customer_state(tx),
         TERMINAL_TABLE: build_terminal_features(tx, delay_days),
