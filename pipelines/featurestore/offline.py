@@ -145,6 +145,27 @@ def interval_reader(
     return read
 
 
+def _pull_interval(
+    feast_pull: Callable[..., RetrievalJob],
+    config: RepoConfig,
+    start: datetime | None,
+    end: datetime | None,
+    **query: Any,
+) -> RetrievalJob:
+    """Feast's ibis pull (``pull_all`` or ``pull_latest``) as ``DuckDBOfflineStore`` calls it,
+    with the source read through ``interval_reader``."""
+    return feast_pull(
+        config=config,
+        start_date=start,
+        end_date=end,
+        data_source_reader=interval_reader(start, end),
+        data_source_writer=feast_duckdb._write_data_source,
+        staging_location=config.offline_store.staging_location,
+        staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
+        **query,
+    )
+
+
 class LeanJoinDuckDBOfflineStore(DuckDBOfflineStore):
     """``DuckDBOfflineStore`` with the lean point-in-time join, and materialization reading the
     day partitions of its interval only (module docstring)."""
@@ -161,22 +182,12 @@ class LeanJoinDuckDBOfflineStore(DuckDBOfflineStore):
         end_date: datetime | None = None,
     ) -> RetrievalJob:
         # What Feast's local compute engine materializes from (it deduplicates afterwards).
-        return feast_ibis.pull_all_from_table_or_query_ibis(
-            config=config,
-            data_source=data_source,
-            join_key_columns=join_key_columns,
-            feature_name_columns=feature_name_columns,
-            timestamp_field=timestamp_field,
+        return _pull_interval(
+            feast_ibis.pull_all_from_table_or_query_ibis, config, start_date, end_date,
+            data_source=data_source, join_key_columns=join_key_columns,
+            feature_name_columns=feature_name_columns, timestamp_field=timestamp_field,
             created_timestamp_column=created_timestamp_column,
-            start_date=start_date,
-            end_date=end_date,
-            data_source_reader=interval_reader(start_date, end_date),
-            data_source_writer=feast_duckdb._write_data_source,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=(
-                config.offline_store.staging_location_endpoint_override
-            ),
-        )
+        )  # fmt: skip
 
     @staticmethod
     def pull_latest_from_table_or_query(
@@ -189,22 +200,12 @@ class LeanJoinDuckDBOfflineStore(DuckDBOfflineStore):
         start_date: datetime,
         end_date: datetime,
     ) -> RetrievalJob:
-        return feast_ibis.pull_latest_from_table_or_query_ibis(
-            config=config,
-            data_source=data_source,
-            join_key_columns=join_key_columns,
-            feature_name_columns=feature_name_columns,
-            timestamp_field=timestamp_field,
+        return _pull_interval(
+            feast_ibis.pull_latest_from_table_or_query_ibis, config, start_date, end_date,
+            data_source=data_source, join_key_columns=join_key_columns,
+            feature_name_columns=feature_name_columns, timestamp_field=timestamp_field,
             created_timestamp_column=created_timestamp_column,
-            start_date=start_date,
-            end_date=end_date,
-            data_source_reader=interval_reader(start_date, end_date),
-            data_source_writer=feast_duckdb._write_data_source,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=(
-                config.offline_store.staging_location_endpoint_override
-            ),
-        )
+        )  # fmt: skip
 
     @staticmethod
     def get_historical_features(*args: Any, **kwargs: Any) -> Any:

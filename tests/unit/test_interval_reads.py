@@ -76,23 +76,21 @@ def _config(tmp_path: Path) -> SimpleNamespace:
     )
 
 
+def _pull(method, tmp_path: Path, start: dt.datetime | None, end: dt.datetime | None):
+    """One of the store's pulls of the test table's ``value`` by ``customer_id``."""
+    source = _source(tmp_path / "t")
+    return method(
+        _config(tmp_path), source, ["customer_id"], ["value"], "event_timestamp", None, start, end
+    )
+
+
 def test_materialization_pulls_the_rows_of_the_interval(tmp_path: Path) -> None:
     """``pull_all_from_table_or_query``: what Feast's local compute engine materializes from
     (``pull_latest_features`` is off), before it keeps the newest row per entity."""
     _table(tmp_path / "t")
-    store = LeanJoinDuckDBOfflineStore
 
     def pull(start: dt.datetime | None, end: dt.datetime | None) -> list[float]:
-        job = store.pull_all_from_table_or_query(
-            _config(tmp_path),
-            _source(tmp_path / "t"),
-            ["customer_id"],
-            ["value"],
-            "event_timestamp",
-            None,
-            start,
-            end,
-        )
+        job = _pull(LeanJoinDuckDBOfflineStore.pull_all_from_table_or_query, tmp_path, start, end)
         return sorted(job.to_df()["value"])
 
     assert pull(_at(DAYS[3], 11), _at(DAYS[4], 15)) == [4.5, 5.0]
@@ -104,15 +102,8 @@ def test_pull_latest_keeps_the_newest_row_per_entity_of_the_interval(tmp_path: P
     _table(tmp_path / "t")
 
     def pull(start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-        job = LeanJoinDuckDBOfflineStore.pull_latest_from_table_or_query(
-            _config(tmp_path),
-            _source(tmp_path / "t"),
-            ["customer_id"],
-            ["value"],
-            "event_timestamp",
-            None,
-            start,
-            end,
+        job = _pull(
+            LeanJoinDuckDBOfflineStore.pull_latest_from_table_or_query, tmp_path, start, end
         )
         return job.to_df().sort_values("customer_id")
 
