@@ -96,10 +96,15 @@ def test_metadata_lives_in_postgres_and_the_scheduler_uses_the_local_executor(ai
     assert "Loaded executor: ::pipelines.platform.executor.PreloadedLocalExecutor" in log, log
     # Every module imported in the scheduler before the workers forked: none left to the tasks.
     assert f"preloaded {len(PRELOADED_MODULES)} {preloaded}" in log, log
+
     # The executor's workers (one per slot), which fork the tasks, hold the libraries already.
-    children = psutil.Process(scheduler.pid()).children()
-    warm = [c for c in children if _has_libtorch(c)]
-    assert len(warm) >= services.settings.airflow_parallelism, children
+    # They are forked just after the preload line is logged, so wait for them to appear.
+    def warm_workers() -> list[psutil.Process] | None:
+        children = psutil.Process(scheduler.pid()).children()
+        warm = [c for c in children if _has_libtorch(c)]
+        return warm if len(warm) >= services.settings.airflow_parallelism else None
+
+    wait_for("the executor's workers to fork", warm_workers, timeout=60)
 
 
 def _has_libtorch(process: psutil.Process) -> bool:
