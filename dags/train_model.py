@@ -59,8 +59,8 @@ from pipelines.orchestration import DEFAULT_ARGS, MODEL, history_start
 )
 def train_model():
     @task
-    def build_dataset(params=None) -> dict:
-
+    def build_dataset(params=None, dag_run=None) -> dict:
+        from pipelines.monitoring.retrain import drift_of_conf
         from pipelines.training.train import build_dataset, latest_assessable_day
 
         settings = get_settings()
@@ -70,7 +70,8 @@ def train_model():
             else latest_assessable_day(settings)
         )
         reason = (params or {}).get("reason") or "manual"
-        return build_dataset(settings, test_end, reason=reason)
+        drift = drift_of_conf(dag_run.conf if dag_run is not None else None)
+        return build_dataset(settings, test_end, reason=reason, drift=drift)
 
     @task
     def tune(ids: dict, params=None) -> dict:

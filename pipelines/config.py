@@ -141,6 +141,23 @@ class Settings(BaseSettings):
     promotion_floor: float = Field(
         0.3, ge=0, le=1, description="Minimum promotion metric for any champion."
     )
+    promotion_confidence: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="Confidence of the gate's paired bootstrap interval (challenger - champion).",
+    )
+    promotion_bootstrap_draws: int = Field(
+        200, ge=20, description="Resamples of the cards in the gate's paired bootstrap."
+    )
+    promotion_noninferiority_margin: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        # Wider than a product week's AP interval (about +-0.035): an equal model passes.
+        description="How much worse a model trained on post-drift data may be than a champion "
+        "trained before the drift and still replace it (promotion metric units).",
+    )
     torch_threads: int = Field(
         1,
         ge=1,

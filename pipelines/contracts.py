@@ -12,6 +12,14 @@ CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 PREVIOUS_CHAMPION_ALIAS = "previous_champion"
 
+# Lineage tags of a training run (and its registered version) started to answer a drift
+# (``pipelines/training/train.py`` writes them from the monitor's trigger conf; the gate's
+# ``comparison_rule`` reads them).
+DRIFT_ALERT_DAY_TAG = "drift_alert_day"
+DRIFT_COLUMNS_TAG = "drift_columns"
+WINDOW_CONTAINS_DRIFT_TAG = "window_contains_drift"
+DRIFTED_TRAINING_DAYS_TAG = "drifted_training_days"
+
 # The prediction log (``serving/prediction_log.py`` writes it; monitoring and the experiment
 # analysis read it). One row per scored payment: the identifiers and times below, the payment's
 # amount, the model's inputs as ``feature_<name>``, the answer (``fraud_probability``,

@@ -103,3 +103,21 @@ def retrain_conf(
         "reasons": list(reasons),
         "source": "monitor_drift",
     }
+
+
+@dataclass(frozen=True)
+class DriftAnswered:
+    """The drift a ``train_model`` run answers, as the monitor's trigger conf names it."""
+
+    alert_day: dt.date
+    columns: tuple[str, ...]
+
+
+def drift_of_conf(conf: dict | None) -> DriftAnswered | None:
+    """The drift in a ``train_model`` conf made by ``retrain_conf``; None for any other run."""
+    if not conf or conf.get("source") != "monitor_drift":
+        return None
+    day = (conf.get("window") or {}).get("monitored_day")
+    if not day:
+        return None
+    return DriftAnswered(dt.date.fromisoformat(day), tuple(conf.get("drifted_columns") or ()))

@@ -6,17 +6,27 @@ Aliases of ``settings.model_name``:
 * ``challenger`` - the latest version the gate did not promote;
 * ``previous_champion`` - the champion before the current one (what ``rollback`` restores).
 
-Gate rule: a new version becomes ``champion`` only if its ``settings.promotion_metric`` on its
-test window is at least ``settings.promotion_floor`` AND strictly greater than the current
-champion's value on the same window. **Ties keep the champion**: replacing the served model
-needs evidence that it is better, and an equal score is none. With no champion, clearing the
-floor suffices. Otherwise the version gets ``challenger`` and the reason is recorded on it (tag
-``gate_reason`` and its description).
+Gate rule
+---------
+A new version must reach ``settings.promotion_floor`` on its test window (the newest window
+whose labels have all arrived). With no champion, that suffices. Otherwise both models are
+scored on that window's payments and compared on ``settings.promotion_metric`` by a paired
+bootstrap over cards (``metrics.paired_card_bootstrap``: ``promotion_bootstrap_draws``
+resamples, a ``promotion_confidence`` percentile interval of challenger - champion):
 
-"The same window": if the champion was assessed on the same test window, its recorded metric
-is used; otherwise, if it was trained before that window (its training cutoff is not after the
-window's start), it is scored on the window now; if its training data overlaps the window, the
-two cannot be compared fairly and the new version is not promoted.
+* **superiority** (the default): promoted only if the whole interval is above 0. A difference
+  the data cannot tell from noise keeps the champion; so does a tie.
+* **non-inferiority**, when the new version was trained on data after a detected drift and the
+  champion only on data before it (``comparison_rule``: the version's ``drift_alert_day`` and
+  ``window_contains_drift`` lineage tags, the champion's ``train_end``): promoted if the
+  interval is above ``-promotion_noninferiority_margin``. The champion has never seen the
+  drifted world, which the window it is compared on may not yet show.
+
+The champion can be compared only if it was trained before the window (its training cutoff is
+not after the window's start); if its training data overlaps the window, the new version is not
+promoted. Otherwise the version gets ``challenger``. The verdict, the rule, the difference and
+its interval go on the version's tags (``gate_*``) and its description; ``registry show``
+prints them.
 
 Promotion is one alias move (``champion`` -> new version); before it, the old champion is
 recorded as the new version's ``previous_champion`` tag and alias, so ``rollback`` is one alias
@@ -30,14 +40,93 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from pipelines.config import Settings
-from pipelines.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, PREVIOUS_CHAMPION_ALIAS
+from pipelines.contracts import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    DRIFT_ALERT_DAY_TAG,
+    PREVIOUS_CHAMPION_ALIAS,
+    WINDOW_CONTAINS_DRIFT_TAG,
+)
+from pipelines.metrics import paired_card_bootstrap, ranking_metrics
 from pipelines.protocol import SplitWindows
 from pipelines.registry import tracking, versions
 
 log = logging.getLogger(__name__)
+
+Rule = Literal["superiority", "non-inferiority"]
+
+
+@dataclass(frozen=True)
+class PairedScores:
+    """The new version and the champion scored on the same labelled payments."""
+
+    days: np.ndarray
+    cards: np.ndarray
+    labels: np.ndarray
+    candidate: np.ndarray
+    champion: np.ndarray
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The new version against the champion on one window: values and the bootstrap interval
+    of their difference (candidate - champion)."""
+
+    candidate_value: float
+    champion_value: float
+    low: float
+    high: float
+    confidence: float
+
+    @property
+    def difference(self) -> float:
+        return self.candidate_value - self.champion_value
+
+
+def compare(
+    scores: PairedScores, metric: str, *, draws: int, confidence: float, seed: int = 0
+) -> Comparison:
+    """``metric`` of both models and the paired card-bootstrap interval of the difference.
+    Raises ``ValueError`` when a resample lacks a class (too few frauds to compare)."""
+    candidate = ranking_metrics(scores.days, scores.cards, scores.labels, scores.candidate)
+    champion = ranking_metrics(scores.days, scores.cards, scores.labels, scores.champion)
+    intervals = paired_card_bootstrap(
+        scores.days,
+        scores.cards,
+        scores.labels,
+        scores.candidate,
+        scores.champion,
+        draws=draws,
+        seed=seed,
+        alpha=1 - confidence,
+    )
+    low, high = intervals[metric]
+    return Comparison(float(candidate[metric]), float(champion[metric]), low, high, confidence)
+
+
+def comparison_rule(
+    candidate_tags: dict[str, str], champion_tags: dict[str, str]
+) -> tuple[Rule, str]:
+    """Which rule applies, and why (see the module docstring)."""
+    alert = candidate_tags.get(DRIFT_ALERT_DAY_TAG)
+    champion_end = champion_tags.get("train_end")
+    drifted = alert and candidate_tags.get(WINDOW_CONTAINS_DRIFT_TAG) == "true"
+    if (
+        drifted
+        and champion_end
+        and dt.date.fromisoformat(champion_end) < dt.date.fromisoformat(alert)
+    ):
+        return (
+            "non-inferiority",
+            f"trained on data after the drift alerted on {alert}, the champion only on data "
+            f"up to {champion_end}",
+        )
+    return "superiority", "both trained on the same side of any detected drift"
 
 
 @dataclass(frozen=True)
@@ -49,6 +138,11 @@ class PromotionDecision:
     champion_value: float | None = None
     champion_version: str | None = None
     version: str | None = None
+    rule: Rule | None = None  # None: no comparison was made
+    interval_low: float | None = None
+    interval_high: float | None = None
+    confidence: float | None = None
+    margin: float | None = None
 
     @property
     def alias(self) -> str:
@@ -61,44 +155,66 @@ class PromotionDecision:
 def promotion_verdict(
     metric: str,
     candidate_value: float,
-    champion_value: float | None,
     floor: float,
+    comparison: Comparison | None = None,
     champion_version: str | None = None,
+    *,
+    rule: Rule = "superiority",
+    margin: float = 0.0,
+    why: str = "",
 ) -> PromotionDecision:
-    """The gate rule alone (no registry): see the module docstring."""
-    common = {
-        "metric": metric,
-        "candidate_value": candidate_value,
-        "champion_value": champion_value,
-        "champion_version": champion_version,
-    }
+    """The gate rule alone (no registry): see the module docstring. ``comparison`` is None
+    when there is no champion."""
     if not candidate_value >= floor:  # also refuses NaN
         return PromotionDecision(
-            False, f"{metric} {candidate_value:.4f} is below the floor {floor:.4f}", **common
+            False,
+            f"{metric} {candidate_value:.4f} is below the floor {floor:.4f}",
+            metric,
+            candidate_value,
+            champion_value=None if comparison is None else comparison.champion_value,
+            champion_version=champion_version,
         )
-    if champion_value is None:
-        return PromotionDecision(
-            True, f"no champion yet; {metric} {candidate_value:.4f} clears the floor", **common
-        )
-    if candidate_value > champion_value:
+    if comparison is None:
         return PromotionDecision(
             True,
-            f"{metric} {candidate_value:.4f} beats champion v{champion_version} "
-            f"({champion_value:.4f}) on the same window",
-            **common,
+            f"no champion yet; {metric} {candidate_value:.4f} clears the floor",
+            metric,
+            candidate_value,
         )
-    relation = "ties" if candidate_value == champion_value else "does not beat"
-    return PromotionDecision(
-        False,
-        f"{metric} {candidate_value:.4f} {relation} champion v{champion_version} "
-        f"({champion_value:.4f}) on the same window; a tie keeps the champion",
-        **common,
+    c = comparison
+    bound = 0.0 if rule == "superiority" else -margin
+    promote = c.low > bound
+    measured = (
+        f"{metric} {c.candidate_value:.4f} vs champion v{champion_version} "
+        f"{c.champion_value:.4f}: difference {c.difference:+.4f}, {c.confidence:.0%} interval "
+        f"[{c.low:+.4f}, {c.high:+.4f}] over cards"
     )
-
-
-def _same_window(tags: dict[str, str], windows: SplitWindows) -> bool:
-    mine = windows.as_tags()
-    return all(tags.get(k) == mine[k] for k in ("test_start", "test_end", "delay_days"))
+    if rule == "superiority":
+        verdict = (
+            "above 0 (superiority): better beyond noise"
+            if promote
+            else "not above 0 (superiority): not shown better, the champion stays"
+        )
+    else:
+        verdict = (
+            f"above -{margin:.4f} (non-inferiority, {why}): not worse beyond the margin"
+            if promote
+            else f"not above -{margin:.4f} (non-inferiority, {why}): worse beyond the margin, "
+            "the champion stays"
+        )
+    return PromotionDecision(
+        promote,
+        f"{measured} is {verdict}",
+        metric,
+        candidate_value,
+        champion_value=c.champion_value,
+        champion_version=champion_version,
+        rule=rule,
+        interval_low=c.low,
+        interval_high=c.high,
+        confidence=c.confidence,
+        margin=margin if rule == "non-inferiority" else 0.0,
+    )
 
 
 def _trained_before(tags: dict[str, str], windows: SplitWindows) -> bool:
@@ -114,12 +230,12 @@ def gate_version(
     version: str,
     candidate_value: float,
     windows: SplitWindows,
-    champion_on_window: Callable[[str], float],
+    paired_scores: Callable[[str], PairedScores],
 ) -> PromotionDecision:
     """Decide on ``version`` against the current champion and move the aliases.
 
-    ``champion_on_window(model_uri)`` scores the champion on ``windows``' test period (called
-    only when the champion's recorded assessment is of another window).
+    ``paired_scores(champion_uri)`` scores the new version and the champion on ``windows``'
+    test period (called only when there is a champion to compare with).
     """
     metric = settings.promotion_metric
     floor = settings.promotion_floor
@@ -130,14 +246,40 @@ def gate_version(
             True, "already the champion", metric, candidate_value, version=version
         )
     if current is None:
-        decision = promotion_verdict(metric, candidate_value, None, floor)
-    elif _same_window(current.tags, windows) and f"test_{metric}" in current.tags:
-        value = float(current.tags[f"test_{metric}"])
-        decision = promotion_verdict(metric, candidate_value, value, floor, current_version)
+        decision = promotion_verdict(metric, candidate_value, floor)
+    elif not candidate_value >= floor:
+        decision = promotion_verdict(metric, candidate_value, floor, None, current_version)
     elif _trained_before(current.tags, windows):
+        mine = tracking.client(settings).get_model_version(settings.model_name, version).tags
+        rule, why = comparison_rule(mine, current.tags)
         uri = f"models:/{settings.model_name}/{current_version}"
-        value = float(champion_on_window(uri))
-        decision = promotion_verdict(metric, candidate_value, value, floor, current_version)
+        try:
+            comparison = compare(
+                paired_scores(uri),
+                metric,
+                draws=settings.promotion_bootstrap_draws,
+                confidence=settings.promotion_confidence,
+            )
+        except ValueError as exc:
+            decision = PromotionDecision(
+                False,
+                f"no comparison with champion v{current_version} on {windows.test_start}.."
+                f"{windows.test_end}: {exc}; not promoted",
+                metric,
+                candidate_value,
+                champion_version=current_version,
+            )
+        else:
+            decision = promotion_verdict(
+                metric,
+                candidate_value,
+                floor,
+                comparison,
+                current_version,
+                rule=rule,
+                margin=settings.promotion_noninferiority_margin,
+                why=why,
+            )
     else:
         decision = PromotionDecision(
             False,
@@ -165,6 +307,12 @@ def apply_decision(settings: Settings, version: str, decision: PromotionDecision
         if decision.champion_value is None
         else repr(float(decision.champion_value)),
         "gate_champion_version": decision.champion_version or "",
+        "gate_rule": decision.rule or "",
+        "gate_interval": ""
+        if decision.interval_low is None
+        else f"[{decision.interval_low!r}, {decision.interval_high!r}]",
+        "gate_confidence": "" if decision.confidence is None else repr(decision.confidence),
+        "gate_margin": "" if decision.margin is None else repr(decision.margin),
         "gate_at": versions.now(),
     }
     for key, value in tags.items():

@@ -109,6 +109,19 @@ def train_tune_worker(
     console.print(f"worker {worker}: {ran} trials")
 
 
+def gate_evidence(tags: dict[str, str]) -> str:
+    """The gate's rule and the challenger - champion difference with its interval, from a
+    version's ``gate_*`` tags; empty when no comparison was made."""
+    rule, interval = tags.get("gate_rule"), tags.get("gate_interval")
+    if not rule or not interval:
+        return ""
+    low, high = json.loads(interval)
+    difference = float(tags["gate_candidate_value"]) - float(tags["gate_champion_value"])
+    margin = float(tags.get("gate_margin") or 0.0)
+    bound = f", margin {margin:.3f}" if rule == "non-inferiority" else ""
+    return f"{rule}{bound}: {difference:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 @registry_app.command("show")
 def registry_show(
     as_json: bool = typer.Option(False, "--json", help="Print the raw description as JSON."),
@@ -123,7 +136,9 @@ def registry_show(
     by_version: dict[str, list[str]] = {}
     for alias, version in info["aliases"].items():
         by_version.setdefault(str(version), []).append(alias)
-    table = Table("version", "aliases", "test window", "AUC", "AP", "CP@100", "gate")
+    table = Table(
+        "version", "aliases", "test window", "AUC", "AP", "CP@100", "gate: rule, difference", "gate"
+    )
     for v in info["versions"]:
         tags = v["tags"]
         table.add_row(
@@ -131,6 +146,7 @@ def registry_show(
             ", ".join(sorted(by_version.get(str(v["version"]), []))),
             f"{tags.get('test_start', '?')}..{tags.get('test_end', '?')}",
             *(tags.get(m, "")[:6] for m in _METRICS),
+            gate_evidence(tags),
             tags.get("gate_reason", ""),
         )
     console.print(f"[bold]{info['name']}[/]")

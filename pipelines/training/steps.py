@@ -70,6 +70,11 @@ class GateVerdict(TypedDict):
     champion_value: float | None
     champion_version: str | None
     version: str | None
+    rule: str | None
+    interval_low: float | None
+    interval_high: float | None
+    confidence: float | None
+    margin: float | None
     alias: str
 
 

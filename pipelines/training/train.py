@@ -39,8 +39,15 @@ import numpy as np
 from mlflow.models import infer_signature
 
 from pipelines.config import Settings
+from pipelines.contracts import (
+    DRIFT_ALERT_DAY_TAG,
+    DRIFT_COLUMNS_TAG,
+    DRIFTED_TRAINING_DAYS_TAG,
+    WINDOW_CONTAINS_DRIFT_TAG,
+)
 from pipelines.featurestore.repo import FEATURE_SERVICE
-from pipelines.metrics import assess, ranking_metrics
+from pipelines.metrics import assess
+from pipelines.monitoring.retrain import DriftAnswered
 from pipelines.monitoring.whylogs_compat import write_profile
 from pipelines.protocol import SplitWindows
 from pipelines.registry import promotion, tracking, versions
@@ -52,6 +59,7 @@ from pipelines.transform.mart import mart_files
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
+TEST_SCORES = "test_scores.npy"
 TRAINING_DIR = "training"
 REQUIREMENTS = ("torch", "numpy", "pandas", "mlflow")
 
@@ -91,15 +99,33 @@ def latest_assessable_day(settings: Settings) -> dt.date:
 # --- step 1: dataset ------------------------------------------------------------------------
 
 
+def drift_lineage_tags(drift: DriftAnswered | None, windows: SplitWindows) -> dict[str, str]:
+    """The run's drift lineage: the drift it answers and how many of its training days are
+    from the alert day on (none: the model cannot have learned the drifted world)."""
+    if drift is None:
+        return {}
+    drifted = min(max(0, (windows.train_end - drift.alert_day).days + 1), windows.train_days)
+    return {
+        DRIFT_ALERT_DAY_TAG: drift.alert_day.isoformat(),
+        DRIFT_COLUMNS_TAG: ",".join(drift.columns),
+        DRIFTED_TRAINING_DAYS_TAG: str(drifted),
+        WINDOW_CONTAINS_DRIFT_TAG: "true" if drifted else "false",
+    }
+
+
 def build_dataset(
     settings: Settings,
     test_end: dt.date,
     *,
     reason: str = "manual",
     service: str = FEATURE_SERVICE,
+    drift: DriftAnswered | None = None,
 ) -> steps.RunFolder:
     """Build the four periods through Feast, open the MLflow run, log the data lineage and the
-    whylogs reference profile. Returns ``{"run_id", "workdir"}``."""
+    whylogs reference profile. Returns ``{"run_id", "workdir"}``.
+
+    ``drift``: the drift this run answers (a monitor-triggered retrain); tagged with whether
+    the training window holds days from its alert day on (``drift_lineage_tags``)."""
 
     windows = split_for(settings, test_end)
     data = dataset.build_protocol_data(settings, windows, service)
@@ -113,6 +139,7 @@ def build_dataset(
         "lock_hash": tracking.lock_hash(),
         "reason": reason,
         "model_name": settings.model_name,
+        **drift_lineage_tags(drift, windows),
     }
     run_id = tracking.start_run(settings, f"train-{windows.key}", tags)
     workdir = workdir_of(settings, run_id)
@@ -354,6 +381,7 @@ def evaluate(settings: Settings, run_id: str, workdir: Path) -> steps.Evaluation
             frame.tx_day, frame.customer_id, frame[dataset.LABEL], scores, final["threshold"]
         )
         if period == "test":
+            np.save(workdir / TEST_SCORES, scores)  # what the gate compares with the champion
             labels = frame[dataset.LABEL].to_numpy()
             c = tracking.client(settings)
             for plot in (
@@ -421,20 +449,18 @@ def gate(settings: Settings, run_id: str, workdir: Path) -> steps.GateVerdict:
     candidate_value = float(evaluation["metrics"][f"test_{metric}"])
     data = dataset.load(workdir / "data")
 
-    def champion_on_window(champion_uri: str) -> float:
-
+    def paired_scores(champion_uri: str) -> promotion.PairedScores:
         frame = data.frames["test"]
-        scores = score_with(champion_uri, frame)
-        return ranking_metrics(frame.tx_day, frame.customer_id, frame[dataset.LABEL], scores)[
-            metric
-        ]
+        return promotion.PairedScores(
+            days=frame.tx_day.to_numpy(),
+            cards=frame.customer_id.to_numpy(),
+            labels=frame[dataset.LABEL].to_numpy(),
+            candidate=np.load(workdir / TEST_SCORES),
+            champion=score_with(champion_uri, frame),
+        )
 
     decision = promotion.gate_version(
-        settings,
-        version,
-        candidate_value,
-        data.windows,
-        champion_on_window,
+        settings, version, candidate_value, data.windows, paired_scores
     )
     tracking.set_tags(
         settings,
@@ -477,12 +503,13 @@ def run_training(
     register_model: bool = True,
     workers: int = 1,
     processes: int = 1,
+    drift: DriftAnswered | None = None,
 ) -> TrainingOutcome:
     """Every step in this process (what the DAG runs task by task); ``workers`` and
     ``processes`` scale the search and the final training out (see ``tune_model`` and
     ``train_final``)."""
     started = time.monotonic()
-    ids = build_dataset(settings, test_end, reason=reason)
+    ids = build_dataset(settings, test_end, reason=reason, drift=drift)
     run_id, workdir = ids["run_id"], Path(ids["workdir"])
     try:
         study = tune_model(

@@ -258,12 +258,15 @@ def _retrain_verdicts(api: httpx.Client, run_id: str) -> list[str]:
 def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
     """Today drifts. The monitor decides ``retrain`` six times — a run, a rerun of the same day
     as a new run, and each run's ``retrain`` task cleared twice (soon after the trigger, and
-    after the training ended) — and exactly one ``train_model`` run follows; it passes the gate
-    and the service answers with the new version."""
+    after the training ended) — and exactly one ``train_model`` run follows, tagged with the
+    drift it answers; it passes the gate (better than the first model beyond the bootstrap
+    interval) and the service answers with the new version."""
+    from pipelines import contracts
     from pipelines.monitoring.metrics_table import read_metrics
     from pipelines.monitoring.profiles import read_day
     from pipelines.monitoring.reference import load_champion
     from pipelines.monitoring.retrain import retrain_run_id
+    from pipelines.registry.versions import champion as registered_champion
     from pipelines.traffic import day_payments, replay_day, scored_ids
 
     airflow, scoring, api = system
@@ -318,6 +321,16 @@ def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
     assert "tx_amount" in retrain["conf"]["drifted_columns"]
     after = _champion_version(settings)
     assert after is not None and int(after) > int(before), "the retrain did not pass the gate"
+    tags = registered_champion(settings).tags
+    # Its window ends before today's drift: it answers the drift but learned nothing of it, so
+    # it had to be better beyond noise than the 1-epoch first model (no pass by chance).
+    assert tags[contracts.DRIFT_ALERT_DAY_TAG] == TODAY.isoformat()
+    assert "tx_amount" in tags[contracts.DRIFT_COLUMNS_TAG].split(",")
+    assert tags[contracts.WINDOW_CONTAINS_DRIFT_TAG] == "false"
+    assert tags["gate_rule"] == "superiority" and tags["gate_champion_version"] == before
+    low, high = (float(x) for x in tags["gate_interval"].strip("[]").split(","))
+    assert 0 < low <= high, tags["gate_reason"]
+    print(f"\ngate: {tags['gate_reason']}")
 
     _rerun_retrain_decisions(api, decisions)  # after the training: the cooldown holds
     verdicts = [v for run in decisions for v in _retrain_verdicts(api, run["dag_run_id"])]

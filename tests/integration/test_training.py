@@ -4,8 +4,8 @@ the training steps exactly as the ``train_model`` DAG calls them.
 One module fixture copies the shared world (``tests/worlds.py``) and runs a first training
 whose search is interrupted after two trials and resumed to three; the tests then check the
 MLflow run, the registered version and its aliases, that the registered model reproduces the
-logged test metrics, and that a second training on the same window is deterministic (a tie:
-the champion stays).
+logged test metrics, and that a second training on the same window is deterministic (the same
+scores: the gate's interval is exactly 0, so the champion stays).
 """
 
 from __future__ import annotations
@@ -170,7 +170,9 @@ def test_same_window_again_is_deterministic_and_a_tie_keeps_the_champion(world, 
     for name in ("test_roc_auc", "test_average_precision", "test_card_precision_at_100"):
         assert again.metrics[name] == pytest.approx(first["metrics"][name], abs=1e-12)
     assert again.version != first["version"]
-    assert again.gate["promote"] is False and "tie" in again.gate["reason"]
+    # The same scores on the same window: a difference of exactly 0, inside any interval.
+    assert again.gate["promote"] is False and "not shown better" in again.gate["reason"]
+    assert (again.gate["interval_low"], again.gate["interval_high"]) == (0.0, 0.0)
     assert str(versions.champion(world).version) == first["version"]
     challenger = versions.version_by_alias(world, contracts.CHALLENGER_ALIAS)
     assert str(challenger.version) == again.version
@@ -185,6 +187,8 @@ def test_cli_shows_the_registry_and_rolls_back(world, first):
     shown = runner.invoke(registry_app, ["show", "--json"])
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.output)["aliases"]["champion"] == int(first["version"])
+    table = runner.invoke(registry_app, ["show"], env={"COLUMNS": "300"})
+    assert table.exit_code == 0 and "superiority: +0.000 [+0.000, +0.000]" in table.output
     # The first champion replaced nothing: rollback refuses with a clear message.
     refused = runner.invoke(registry_app, ["rollback"])
     assert refused.exit_code == 1 and "nothing to restore" in refused.output
@@ -203,16 +207,23 @@ print("RESULT " + json.dumps({"state": str(run.state), "tasks": states}))
 
 
 def test_the_dag_runs_every_step_with_a_conf(world, first):
-    """``dag.test()`` in a fresh Airflow home: XComs, params and the short circuit for real."""
+    """``dag.test()`` in a fresh Airflow home with the conf ``monitor_drift`` sends: XComs,
+    params, the drift lineage on the run and the short circuit for real."""
+    import datetime as dt
     import subprocess
     import sys
 
     from pipelines.config import PROJECT_ROOT
+    from pipelines.monitoring.retrain import retrain_conf
     from pipelines.platform.airflow import AirflowServices
-    from pipelines.registry import versions
+    from pipelines.registry import tracking, versions
+    from pipelines.training.train import split_for
 
     before = versions.describe(world)["versions"]
-    conf = {"test_end": TEST_END.isoformat(), "trials": 3, "reason": "triggered by a test"}
+    # A drift alerted on the day before the training window's last day.
+    alert = split_for(world, TEST_END).train_end - dt.timedelta(days=1)
+    drift = retrain_conf(alert, ["critical drift: tx_amount"], ["tx_amount"], 7)
+    conf = {**drift, "test_end": TEST_END.isoformat(), "trials": 3}
     dag_file = str(PROJECT_ROOT / "dags" / "train_model.py")
     done = subprocess.run(
         [sys.executable, "-c", _DAG_TEST, dag_file, json.dumps(conf)],
@@ -234,6 +245,14 @@ def test_the_dag_runs_every_step_with_a_conf(world, first):
     after = versions.describe(world)
     assert len(after["versions"]) == len(before) + 1
     newest = after["versions"][-1]
-    assert newest["tags"]["reason"] == "triggered by a test"
+    assert newest["tags"]["reason"] == drift["reason"]
+    run_tags = tracking.client(world).get_run(newest["tags"]["run_id"]).data.tags
+    for tags in (newest["tags"], run_tags):
+        assert tags[contracts.DRIFT_ALERT_DAY_TAG] == alert.isoformat()
+        assert tags[contracts.DRIFT_COLUMNS_TAG] == "tx_amount"
+        assert tags[contracts.DRIFTED_TRAINING_DAYS_TAG] == "2"
+        assert tags[contracts.WINDOW_CONTAINS_DRIFT_TAG] == "true"
+    # The champion was trained on the same window, drifted days included: superiority.
+    assert newest["tags"]["gate_rule"] == "superiority"
     assert newest["tags"]["gate_decision"] == contracts.CHALLENGER_ALIAS
     assert str(after["aliases"]["champion"]) == first["version"]

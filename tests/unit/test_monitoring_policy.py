@@ -333,3 +333,34 @@ def test_retrain_conf_carries_reason_columns_and_window():
     assert conf["reason"].startswith("drift 2018-05-20: critical drift: x (+1 more)")
     assert conf["drifted_columns"] == ["x"]
     assert conf["window"]["labelled_until"] == "2018-05-13"
+
+
+def test_the_drift_a_training_answers_comes_from_the_monitors_conf_only():
+    conf = retrain.retrain_conf(DAY, ["critical drift: x"], ["x", "y"], 7)
+    assert retrain.drift_of_conf(conf) == retrain.DriftAnswered(DAY, ("x", "y"))
+    # A manual or bootstrap run answers no drift.
+    assert retrain.drift_of_conf({"reason": "manual", "test_end": "2018-05-20"}) is None
+    assert retrain.drift_of_conf(None) is None
+
+
+@pytest.mark.parametrize(
+    ("alert", "drifted"),
+    [
+        (dt.date(2018, 5, 14), 0),  # after the training window: nothing of the drift learned
+        (dt.date(2018, 5, 13), 1),  # its last day
+        (dt.date(2018, 5, 10), 4),
+        (dt.date(2018, 4, 1), 7),  # before it: every training day is drifted
+    ],
+)
+def test_drift_lineage_counts_the_training_days_from_the_alert_on(alert, drifted):
+    from pipelines.contracts import DRIFTED_TRAINING_DAYS_TAG, WINDOW_CONTAINS_DRIFT_TAG
+    from pipelines.protocol import SplitWindows
+    from pipelines.training.train import drift_lineage_tags
+
+    windows = SplitWindows.starting(
+        dt.date(2018, 5, 7), train_days=7, delay_days=7, test_days=7
+    )  # training 05-07..05-13
+    tags = drift_lineage_tags(retrain.DriftAnswered(alert, ("tx_amount",)), windows)
+    assert tags[DRIFTED_TRAINING_DAYS_TAG] == str(drifted)
+    assert tags[WINDOW_CONTAINS_DRIFT_TAG] == ("true" if drifted else "false")
+    assert drift_lineage_tags(None, windows) == {}
