@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Literal
 
 TRAIN_DAG_ID = "train_model"
 ACTIVE_STATES = ("queued", "running")
@@ -121,3 +122,68 @@ def drift_of_conf(conf: dict | None) -> DriftAnswered | None:
     if not day:
         return None
     return DriftAnswered(dt.date.fromisoformat(day), tuple(conf.get("drifted_columns") or ()))
+
+
+# --- when to retrain after an alert ----------------------------------------------------------
+
+RetrainPolicy = Literal["first-alert", "label-aware"]
+PERFORMANCE_RULE = "performance"  # policy.decide's rule name for a labelled performance drop
+
+
+def drifted_window_day(
+    alert_day: dt.date, *, delay_days: int, test_days: int, drifted_days: int
+) -> dt.date:
+    """The first day whose training (the protocol's split ending on the newest fully labelled
+    day, ``day - delay``) has ``drifted_days`` training days on or after ``alert_day``.
+
+    On day d the split's training period ends ``2 * delay + test_days`` days before d (its test
+    period must be labelled, and its training labels in before the test period starts)."""
+    if drifted_days < 1:
+        raise ValueError("drifted_days must be >= 1")
+    return alert_day + dt.timedelta(days=drifted_days - 1 + 2 * delay_days + test_days)
+
+
+@dataclass(frozen=True)
+class RetrainPlan:
+    """When a retrain decision of ``day`` trains: ``on`` (today: now), and why."""
+
+    on: dt.date
+    reason: str
+
+    def now(self, day: dt.date) -> bool:
+        return self.on <= day
+
+
+def plan_retrain(
+    policy: RetrainPolicy,
+    day: dt.date,
+    rules: tuple[str, ...],
+    *,
+    delay_days: int,
+    test_days: int,
+    drifted_days: int,
+    scheduled: dt.date | None = None,
+) -> RetrainPlan:
+    """The day a ``retrain`` decision of monitored ``day`` should train on.
+
+    * ``first-alert``: today, whatever fired;
+    * ``label-aware``: a drop of labelled performance (``PERFORMANCE_RULE``) trains today; an
+      input-drift alert alone trains once the training window holds ``drifted_days`` days of
+      the drifted period (``drifted_window_day``): before that a retrain sees only the world
+      the champion already knows. A retrain already ``scheduled`` stays the one (an alert
+      storm schedules one training).
+    """
+    if policy == "first-alert":
+        return RetrainPlan(day, "first alert: retrain now")
+    if PERFORMANCE_RULE in rules:
+        return RetrainPlan(day, "labelled performance dropped: retrain now")
+    if scheduled is not None:
+        return RetrainPlan(scheduled, f"input drift: the retrain scheduled for {scheduled} stays")
+    on = drifted_window_day(
+        day, delay_days=delay_days, test_days=test_days, drifted_days=drifted_days
+    )
+    return RetrainPlan(
+        on,
+        f"input drift: retrain on {on}, when the training window holds {drifted_days} day(s) "
+        f"from {day} on with their labels",
+    )

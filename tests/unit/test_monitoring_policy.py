@@ -364,3 +364,45 @@ def test_drift_lineage_counts_the_training_days_from_the_alert_on(alert, drifted
     assert tags[DRIFTED_TRAINING_DAYS_TAG] == str(drifted)
     assert tags[WINDOW_CONTAINS_DRIFT_TAG] == ("true" if drifted else "false")
     assert drift_lineage_tags(None, windows) == {}
+
+
+PLAN = {"delay_days": 7, "test_days": 7, "drifted_days": 3}
+
+
+def test_label_aware_schedules_an_input_drift_for_when_its_labels_cover_a_training_window():
+    from pipelines.protocol import SplitWindows
+
+    plan = retrain.plan_retrain("label-aware", DAY, ("critical-column",), **PLAN)
+    assert not plan.now(DAY) and plan.on == DAY + dt.timedelta(days=2 + 14 + 7)
+    # On that day the protocol's split (test period ending on the newest labelled day) trains
+    # on exactly 3 days from the alert on; a day earlier, on 2.
+    for on, drifted in ((plan.on, 3), (plan.on - dt.timedelta(days=1), 2)):
+        split = SplitWindows.ending(
+            on - dt.timedelta(days=7), train_days=7, delay_days=7, test_days=7
+        )
+        assert (split.train_end - DAY).days + 1 == drifted
+    assert plan.now(plan.on)
+
+
+def test_label_aware_retrains_now_on_a_labelled_performance_drop():
+    plan = retrain.plan_retrain("label-aware", DAY, ("critical-column", "performance"), **PLAN)
+    assert plan.now(DAY) and "performance" in plan.reason
+
+
+def test_an_alert_storm_keeps_the_one_scheduled_retrain():
+    first = retrain.plan_retrain("label-aware", DAY, ("critical-column",), **PLAN)
+    later = [
+        retrain.plan_retrain(
+            "label-aware",
+            DAY + dt.timedelta(days=i),
+            ("persistent-warning",),
+            **PLAN,
+            scheduled=first.on,
+        )
+        for i in range(1, 10)
+    ]
+    assert {p.on for p in later} == {first.on}
+
+
+def test_first_alert_retrains_on_the_day_of_any_alert():
+    assert retrain.plan_retrain("first-alert", DAY, ("critical-column",), **PLAN).now(DAY)
