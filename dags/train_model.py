@@ -4,7 +4,9 @@ champion alias moved.
 
 Manual trigger with params (test window end, search budget, reason), or from another DAG with
 a conf, e.g. ``TriggerDagRunOperator(trigger_dag_id="train_model", conf={"reason": "drift"})``.
-Without ``test_end`` the newest day whose labels have all arrived closes the test period.
+Without ``test_end`` the newest day whose labels have all arrived closes the test period. A run
+``monitor_drift`` triggered tags its MLflow run with the drift it answers (alert day, columns,
+how many training days are from the alert day on), which the gate reads.
 One run at a time: runs share the Optuna storage and move registry aliases.
 
 Tasks hand each other the MLflow run id and the run's folder under ``<home>/training/`` (XCom);
