@@ -199,8 +199,8 @@ def promotion_verdict(
         verdict = (
             f"above -{margin:.4f} (non-inferiority, {why}): not worse beyond the margin"
             if promote
-            else f"not above -{margin:.4f} (non-inferiority, {why}): worse beyond the margin, "
-            "the champion stays"
+            else f"not above -{margin:.4f} (non-inferiority, {why}): not shown within the "
+            "margin, the champion stays"
         )
     return PromotionDecision(
         promote,
