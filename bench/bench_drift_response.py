@@ -20,8 +20,8 @@ one, through the functions the DAGs call (no Airflow):
    (``registry.promotion``): its model serves from the next day if promoted.
 
 Policies: ``never``; ``first-alert`` (today's behaviour); ``label-aware`` (an input-drift
-alert trains once the training window holds ``FRAUD_RETRAIN_DRIFTED_DAYS``-worth of drifted
-days, a labelled performance drop trains now); ``weekly`` (days D, D+7, ...); and an ``oracle``
+alert trains once the training window holds ``--drifted-days`` drifted days, a labelled
+performance drop trains now); ``weekly`` (days D, D+7, ...); and an ``oracle``
 ceiling that retrains every 7 days from D + delay on the newest labelled days, no test holdout,
 always promoted. Each policy has its own registry, prediction log and monitoring state; they
 share the world, its features and the Optuna studies (a second training on the same split

@@ -154,7 +154,8 @@ class Settings(BaseSettings):
         0.05,
         ge=0,
         le=1,
-        # Wider than a product week's AP interval (about +-0.035): an equal model passes.
+        # Wider than the quality benchmark's paired AP intervals (about +-0.03 on a test week):
+        # a model as good as the champion passes.
         description="How much worse a model trained on post-drift data may be than a champion "
         "trained before the drift and still replace it (promotion metric units).",
     )
