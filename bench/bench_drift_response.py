@@ -385,6 +385,8 @@ def report(worlds: list[dict], args: argparse.Namespace) -> str:
 
 
 def main() -> None:
+    from pipelines.config import Settings
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -393,7 +395,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4, help="Optuna trials per training")
     parser.add_argument("--max-epochs", type=int, default=5)
     parser.add_argument(
-        "--drifted-days", type=int, default=3, help="label-aware: drifted training days to wait for"
+        "--drifted-days",
+        type=int,
+        default=Settings.model_fields["retrain_drifted_days"].default,
+        help="label-aware: drifted training days to wait for (default: %(default)s, the product's)",
     )
     parser.add_argument(
         "--customers", type=int, help="a smaller world (extra row, not the product)"

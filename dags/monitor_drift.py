@@ -5,8 +5,11 @@ with their context columns, and the prediction log), compute drift (KS / chi-squ
 data quality and, once labels have arrived, model performance against the champion; append the
 run to the drift-metrics table and save the whylogs HTML drift report; then branch on the
 decision policy (``pipelines/monitoring/policy.py``): continue / warn / retrain. ``retrain``
-triggers ``train_model`` at most once per cooldown, never while a training is queued or running,
-and never twice for a rerun of the same interval. A manual run may name the day with ``day``.
+trains when the retrain policy says (``FRAUD_RETRAIN_POLICY``; ``label-aware``: an input-drift
+alert schedules a queued ``train_model`` run that starts once the training window holds the
+drifted days with their labels, a labelled performance drop trains now), at most once per
+cooldown, never while a training is queued or running, with at most one retrain scheduled, and
+never twice for a rerun of the same interval. A manual run may name the day with ``day``.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def monitor_drift():
 
     @task
     def compute_drift(profiled: dict) -> dict:
-        from pipelines.monitoring.monitor import compute_scores
+        from pipelines.monitoring.monitor import compute_scores, retrain_plan
         from pipelines.monitoring.policy import decide
         from pipelines.monitoring.retrain import retrain_conf
 
@@ -69,17 +72,20 @@ def monitor_drift():
         day = dt.date.fromisoformat(profiled["day"])
         scores = compute_scores(settings, day)
         decision = decide(scores)
+        plan = retrain_plan(settings, day, decision)
         tx_reference = next((r for r in scores.references if r.kind == "transactions"), None)
         return {
             "day": day.isoformat(),
             "scores": scores.to_dict(),
             "decision": decision.to_dict(),
+            "retrain_plan": plan,
             "retrain_conf": retrain_conf(
                 day,
                 list(decision.reasons),
                 list(decision.drifted_columns),
                 settings.label_delay_days,
                 tx_reference.to_dict() if tx_reference else None,
+                plan,
             ),
         }
 

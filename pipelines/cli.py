@@ -356,3 +356,9 @@ def demo(
         f"{airflow.base_url}/dags/train_model -> {airflow.base_url}/dags/deploy_model; "
         f"then `python -m pipelines demo` again shows the new model version."
     )
+    if settings.retrain_policy == "label-aware":
+        console.print(
+            "retrain policy label-aware: an input-drift retrain is a train_model run queued "
+            "until its training window holds the drifted days with their labels (its note and "
+            "run_after say when); FRAUD_RETRAIN_POLICY=first-alert in .env retrains at once."
+        )

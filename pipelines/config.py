@@ -20,6 +20,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# When a retrain decision trains (pipelines/monitoring/retrain.py plans it).
+RetrainPolicy = Literal["first-alert", "label-aware"]
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -314,6 +317,19 @@ class Settings(BaseSettings):
     )
     retrain_cooldown_days: int = Field(
         7, ge=1, description="No drift-triggered retrain within this many days of the last one."
+    )
+    retrain_policy: RetrainPolicy = Field(
+        "first-alert",
+        description="When a `retrain` decision trains: `first-alert` at once; `label-aware` at "
+        "once on a labelled performance drop, and on an input-drift alert once the training "
+        "window holds `retrain_drifted_days` days of the drifted period with their labels "
+        "(a scheduled `train_model` run). See docs/monitoring.md.",
+    )
+    retrain_drifted_days: int = Field(
+        3,
+        ge=1,
+        description="`label-aware`: drifted days the training window must hold before an input-"
+        "drift retrain starts.",
     )
 
     # --- Airflow -------------------------------------------------------------------------

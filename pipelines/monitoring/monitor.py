@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import Settings
-from pipelines.monitoring import profiles
+from pipelines.monitoring import profiles, retrain
 from pipelines.monitoring import reference as ref
 from pipelines.monitoring.drift import SCORE_COLUMN, column_kind, compare_profiles, quality_issues
 from pipelines.monitoring.metrics_table import append_metrics
@@ -30,6 +30,7 @@ from pipelines.monitoring.policy import (
 )
 from pipelines.monitoring.report import write_report
 from pipelines.monitoring.scores import DriftScores
+from pipelines.transform.mart import mart_days
 
 log = logging.getLogger(__name__)
 
@@ -222,3 +223,32 @@ def run_monitor(
     )
     log.info("monitor %s: %s (%s)", day, decision.action, "; ".join(decision.reasons))
     return MonitorResult(scores, decision, metrics_path, reports)
+
+
+def retrain_plan(
+    settings: Settings,
+    day: dt.date,
+    decision: MonitorDecision,
+    now: dt.datetime | None = None,
+) -> dict | None:
+    """When the ``retrain`` decision of monitored ``day`` trains, under ``settings``'
+    ``retrain_policy`` (``retrain.plan_retrain``): ``on`` (a day), ``reason`` and
+    ``run_after`` (an ISO time for a scheduled retrain; None: train now). None for any other
+    action. A pending scheduled retrain is the trigger's to find (it is a queued Airflow run)."""
+    if decision.action != "retrain":
+        return None
+    plan = retrain.plan_retrain(
+        settings.retrain_policy,
+        day,
+        decision.rules,
+        delay_days=settings.label_delay_days,
+        test_days=settings.test_days,
+        drifted_days=settings.retrain_drifted_days,
+    )
+    newest = max([day, *mart_days(settings)])
+    run_after = plan.run_after(now or dt.datetime.now(dt.UTC), newest)
+    return {
+        "on": plan.on.isoformat(),
+        "reason": plan.reason,
+        "run_after": run_after.isoformat() if run_after else None,
+    }

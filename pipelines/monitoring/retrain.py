@@ -20,13 +20,23 @@ The Airflow side (``pipelines.monitoring.trigger``) asks the metadata DB through
 (``get_dr_count``) for 1 and 2, and runs one trigger task at a time across all monitor runs
 (``max_active_tis_per_dag=1``), so a check and its trigger are never interleaved with another.
 Runs started by hand (logical date = the click time) count for rule 1 but not for rule 2.
+
+A retrain the policy plans for later (``plan_retrain``, the ``label-aware`` policy) is a
+``train_model`` run created now, queued, with ``run_after`` its start time (the scheduler
+starts no run before its ``run_after``), a note saying why and when, and the logical date of
+its start day: the Airflow UI lists it with that date, it is a row of the metadata DB (a
+scheduler restart does not lose it), and once started it counts for the cooldown like any
+monitor-triggered run. Dedup of a scheduled retrain: at most one is pending (a queued run with
+a logical date from today on); an alert storm keeps the first one. A retrain for now does not
+count a pending scheduled run as "queued" (rule 1): a labelled performance drop trains at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal
+
+from pipelines.config import RetrainPolicy
 
 TRAIN_DAG_ID = "train_model"
 ACTIVE_STATES = ("queued", "running")
@@ -50,6 +60,13 @@ def cooldown_logical_dates(now: dt.datetime, cooldown_days: int) -> list[dt.date
     return [today - dt.timedelta(days=i) for i in range(cooldown_days)]
 
 
+def scheduled_logical_dates(now: dt.datetime, horizon_days: int) -> list[dt.datetime]:
+    """Logical dates a pending scheduled retrain can have at ``now``: today (due later today)
+    up to ``horizon_days`` ahead (``schedule_horizon_days``)."""
+    today = trigger_logical_date(now)
+    return [today + dt.timedelta(days=i) for i in range(horizon_days + 1)]
+
+
 @dataclass(frozen=True)
 class TriggerVerdict:
     trigger: bool
@@ -63,13 +80,25 @@ def trigger_verdict(
     *,
     champion_exists: bool = True,
     bootstrap_training: bool = False,
+    scheduled_runs: int = 0,
+    schedule_on: dt.date | None = None,
 ) -> TriggerVerdict:
+    """Whether a retrain decision creates a ``train_model`` run.
+
+    ``active_runs`` counts the queued or running runs that are not a pending scheduled retrain
+    (``scheduled_runs``); ``recent_runs`` the runs within the cooldown. ``schedule_on``: the
+    plan is a retrain on that later day (then only one may be pending; the cooldown applies to
+    trainings that start now)."""
     if not champion_exists and bootstrap_training:
         # A young lake compared with its own warm-up days "drifts" on every novelty feature;
         # the first model is build_features' job (pipelines/training/bootstrap.py).
         return TriggerVerdict(
             False, "no champion yet: build_features trains the first model (bootstrap)"
         )
+    if schedule_on is not None:
+        if scheduled_runs:
+            return TriggerVerdict(False, f"a {TRAIN_DAG_ID} run is already scheduled or queued")
+        return TriggerVerdict(True, f"no retrain scheduled yet: scheduling one for {schedule_on}")
     if active_runs:
         return TriggerVerdict(False, f"{active_runs} {TRAIN_DAG_ID} run(s) queued or running")
     if recent_runs:
@@ -85,11 +114,13 @@ def retrain_conf(
     drifted_columns: list[str],
     label_delay_days: int,
     reference: dict | None = None,
+    plan: dict | None = None,
 ) -> dict:
     """The conf of the triggered ``train_model`` run.
 
     ``reason`` is its declared param (it tags the MLflow run); the rest tells a reader which
-    drift asked for it. ``test_end`` is left to ``train_model`` (the newest fully labelled day).
+    drift asked for it, and ``plan`` when it trains (``monitor.retrain_plan``). ``test_end`` is
+    left to ``train_model``: the newest fully labelled day when the run starts.
     """
     summary = reasons[0] if reasons else "drift"
     more = f" (+{len(reasons) - 1} more)" if len(reasons) > 1 else ""
@@ -102,6 +133,7 @@ def retrain_conf(
             "reference": reference,
         },
         "reasons": list(reasons),
+        "plan": plan,
         "source": "monitor_drift",
     }
 
@@ -126,8 +158,12 @@ def drift_of_conf(conf: dict | None) -> DriftAnswered | None:
 
 # --- when to retrain after an alert ----------------------------------------------------------
 
-RetrainPolicy = Literal["first-alert", "label-aware"]
 PERFORMANCE_RULE = "performance"  # policy.decide's rule name for a labelled performance drop
+
+
+def schedule_horizon_days(*, delay_days: int, test_days: int, drifted_days: int) -> int:
+    """How far ahead of its monitored day ``plan_retrain`` can schedule a retrain."""
+    return drifted_days - 1 + 2 * delay_days + test_days
 
 
 def drifted_window_day(
@@ -140,7 +176,10 @@ def drifted_window_day(
     period must be labelled, and its training labels in before the test period starts)."""
     if drifted_days < 1:
         raise ValueError("drifted_days must be >= 1")
-    return alert_day + dt.timedelta(days=drifted_days - 1 + 2 * delay_days + test_days)
+    horizon = schedule_horizon_days(
+        delay_days=delay_days, test_days=test_days, drifted_days=drifted_days
+    )
+    return alert_day + dt.timedelta(days=horizon)
 
 
 @dataclass(frozen=True)
@@ -152,6 +191,14 @@ class RetrainPlan:
 
     def now(self, day: dt.date) -> bool:
         return self.on <= day
+
+    def run_after(self, now: dt.datetime, newest_day: dt.date) -> dt.datetime | None:
+        """When a scheduled retrain may start on the wall clock: as many days after ``now`` as
+        ``on`` lies after ``newest_day``, the newest day in the lake (the lake grows a day a
+        day); None when the lake holds ``on`` already (a backfill): train now."""
+        if self.on <= newest_day:
+            return None
+        return now + dt.timedelta(days=(self.on - newest_day).days)
 
 
 def plan_retrain(

@@ -1,6 +1,6 @@
 """The ``retrain`` task of ``monitor_drift``: TriggerDagRunOperator with the dedup rules.
 
-Imported by the DAG file at parse time: only Airflow and ``retrain`` (stdlib) here.
+Imported by the DAG file at parse time: only Airflow and ``retrain`` (stdlib and the settings) here.
 
 Why a subclass and not a branch before a plain trigger: the check ("is a training queued,
 running, or within the cooldown?") and the trigger must be one step, else two monitor runs can
@@ -21,9 +21,16 @@ from pipelines.monitoring.retrain import (
     TRAIN_DAG_ID,
     cooldown_logical_dates,
     retrain_run_id,
+    schedule_horizon_days,
+    scheduled_logical_dates,
     trigger_logical_date,
     trigger_verdict,
 )
+
+
+def utc_now() -> dt.datetime:
+    """The wall clock the dedup rules read (a test sets its own)."""
+    return dt.datetime.now(dt.UTC)
 
 
 class DeduplicatedTriggerDagRunOperator(TriggerDagRunOperator):
@@ -53,30 +60,50 @@ class DeduplicatedTriggerDagRunOperator(TriggerDagRunOperator):
     def execute(self, context: Any) -> None:
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from pipelines.config import get_settings
+        from pipelines.registry.versions import champion
+
+        settings = get_settings()
         ti = context["ti"]
         payload = ti.xcom_pull(task_ids=self.payload_task_id)
         day = dt.date.fromisoformat(payload["day"])
-        now = dt.datetime.now(dt.UTC)
+        plan = payload.get("retrain_plan") or {}
+        run_after = dt.datetime.fromisoformat(plan["run_after"]) if plan.get("run_after") else None
+        now = utc_now()
+        horizon = schedule_horizon_days(
+            delay_days=settings.label_delay_days,
+            test_days=settings.test_days,
+            drifted_days=settings.retrain_drifted_days,
+        )
+        # Pending scheduled retrains: queued runs of a logical date from today on (a triggered
+        # run's logical date is midnight of the day it starts).
+        scheduled = ti.get_dr_count(
+            dag_id=self.trigger_dag_id,
+            logical_dates=scheduled_logical_dates(now, horizon),
+            states=["queued"],
+        )
         active = ti.get_dr_count(dag_id=self.trigger_dag_id, states=list(ACTIVE_STATES))
         recent = ti.get_dr_count(
             dag_id=self.trigger_dag_id,
             logical_dates=cooldown_logical_dates(now, self.cooldown_days),
         )
-        from pipelines.config import get_settings
-        from pipelines.registry.versions import champion
-
-        settings = get_settings()
         verdict = trigger_verdict(
-            active,
+            active - scheduled,
             recent,
             self.cooldown_days,
             champion_exists=champion(settings) is not None,
             bootstrap_training=settings.bootstrap_training,
+            scheduled_runs=scheduled,
+            schedule_on=dt.date.fromisoformat(plan["on"]) if run_after else None,
         )
         self.log.info("retrain for %s: %s", day, verdict.reason)
         if not verdict.trigger:
             raise AirflowSkipException(verdict.reason)
         self.trigger_run_id = retrain_run_id(day)
-        self.logical_date = trigger_logical_date(now)
+        self.logical_date = trigger_logical_date(run_after or now)
+        if run_after is not None:
+            # Queued now, started by the scheduler from run_after on; the UI shows the note.
+            self.run_after = run_after
+            self.note = f"scheduled retrain: {plan['reason']}"
         self.conf = payload["retrain_conf"]
         super().execute(context)

@@ -67,6 +67,8 @@ ENV = {
     # The service follows a challenger alias once one exists (the experiment test sets it).
     "FRAUD_EXPERIMENT_MODE": "shadow",
     "FRAUD_MONITOR_POKE_SECONDS": "15",
+    # The drift retrain is scheduled for when its window holds drifted days (not the default).
+    "FRAUD_RETRAIN_POLICY": "label-aware",
     # The drift the loop must catch: from today, half the customers spend three times more.
     "FRAUD_DRIFT_SPENDING_FROM": TODAY.isoformat(),
     "FRAUD_DRIFT_SPENDING_SHARE": "0.5",
@@ -254,14 +256,41 @@ def _retrain_verdicts(api: httpx.Client, run_id: str) -> list[str]:
     return verdicts
 
 
+def _restart_scheduler(airflow) -> None:
+    """Stop the scheduler as a crash or an upgrade would, and start it again."""
+    (scheduler,) = [p for p in airflow.processes() if p.name == "airflow-scheduler"]
+    assert scheduler.stop()
+    scheduler.start(airflow.env(), cwd=PROJECT_ROOT)
+    wait_for("Airflow healthy after the scheduler restart", airflow.healthy, 180, interval=2)
+
+
+def _let_the_scheduled_day_come(airflow, run_id: str) -> None:
+    """Days cannot pass in a test: the scheduled run's ``run_after`` and its logical date (the
+    start day's midnight; Airflow runs no task of a future logical date) are moved back to when
+    it was queued, in the metadata DB, as the calendar would have moved them."""
+    import sqlite3
+
+    with sqlite3.connect(airflow.sqlite_path, timeout=30) as db:
+        moved = db.execute(
+            "update dag_run set run_after = queued_at, logical_date = queued_at"
+            " where dag_id = 'train_model' and run_id = ?",
+            (run_id,),
+        ).rowcount
+    assert moved == 1
+
+
 @pytest.mark.timeout(1800)
-def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
-    """Today drifts. The monitor decides ``retrain`` six times — a run, a rerun of the same day
-    as a new run, and each run's ``retrain`` task cleared twice (soon after the trigger, and
-    after the training ended) — and exactly one ``train_model`` run follows, tagged with the
-    drift it answers; it passes the gate (better than the first model beyond the bootstrap
-    interval) and the service answers with the new version."""
+def test_drift_schedules_one_retrain_and_the_service_moves_to_the_new_champion(system):
+    """Today drifts. Under the ``label-aware`` policy the monitor's ``retrain`` is a
+    ``train_model`` run scheduled for the day its training window holds drifted days with their
+    labels: queued with that ``run_after`` and a note, not started. The monitor decides
+    ``retrain`` again six times — a rerun of the same day as a new run, each run's ``retrain``
+    task cleared twice (while the retrain is scheduled, and after it trained) — and the
+    scheduler is restarted: still the one scheduled run. When its day comes it trains, tagged
+    with the drift it answers; it passes the gate (better than the first model beyond the
+    bootstrap interval) and the service answers with the new version."""
     from pipelines import contracts
+    from pipelines.monitoring import retrain
     from pipelines.monitoring.metrics_table import read_metrics
     from pipelines.monitoring.profiles import read_day
     from pipelines.monitoring.reference import load_champion
@@ -302,6 +331,18 @@ def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
 
     first = _monitor(api, TODAY)
     assert _task(api, "monitor_drift", first["dag_run_id"], "retrain")["state"] == "success"
+    scheduled = _run(api, "train_model", retrain_run_id(TODAY))
+    horizon = retrain.schedule_horizon_days(
+        delay_days=settings.label_delay_days,
+        test_days=settings.test_days,
+        drifted_days=settings.retrain_drifted_days,
+    )
+    run_after = dt.datetime.fromisoformat(scheduled["run_after"])
+    assert scheduled["state"] == "queued" and scheduled["start_date"] is None, scheduled
+    queued = dt.datetime.fromisoformat(scheduled["queued_at"])
+    assert abs(run_after - queued - dt.timedelta(days=horizon)) < dt.timedelta(minutes=10)
+    assert scheduled["note"].startswith("scheduled retrain: input drift"), scheduled["note"]
+    assert scheduled["conf"]["plan"]["run_after"] is not None
     # What monitoring profiled of today is the replayed traffic: the lake's day as the mart
     # holds it, and the prediction log of the same payments.
     for kind in ("transactions", "predictions"):
@@ -313,8 +354,14 @@ def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
         for branch in ("continue", "warn"):
             assert _task(api, "monitor_drift", run["dag_run_id"], branch)["state"] == "skipped"
     assert _task(api, "monitor_drift", rerun["dag_run_id"], "retrain")["state"] == "skipped"
-    _rerun_retrain_decisions(api, decisions)  # soon after the trigger: normally still training
+    _rerun_retrain_decisions(api, decisions)  # while the retrain is scheduled
+    _restart_scheduler(airflow)
+    time.sleep(10)  # a few scheduling loops of the new scheduler
+    after_restart = _run(api, "train_model", retrain_run_id(TODAY))
+    assert after_restart["state"] == "queued" and after_restart["start_date"] is None
+    assert after_restart["run_after"] == scheduled["run_after"]
 
+    _let_the_scheduled_day_come(airflow, retrain_run_id(TODAY))
     retrain = _wait_for_success(api, "train_model", retrain_run_id(TODAY), timeout=1200)
     assert retrain["conf"]["source"] == "monitor_drift"
     assert retrain["conf"]["reason"].startswith("drift ")
@@ -336,7 +383,10 @@ def test_drift_retrains_once_and_the_service_moves_to_the_new_champion(system):
     verdicts = [v for run in decisions for v in _retrain_verdicts(api, run["dag_run_id"])]
     print("\nretrain decisions:\n  " + "\n  ".join(verdicts))
     assert len(verdicts) == 6
-    assert sum("no training running" in v for v in verdicts) == 1
+    # Scheduled once; while it was pending, "already scheduled"; after it trained, the same
+    # interval asks for the same run id again, and Airflow skips an existing run id.
+    assert verdicts[0].endswith(f"scheduling one for {scheduled['conf']['plan']['on']}")
+    assert sum("already scheduled or queued" in v for v in verdicts) == 3, verdicts
     trainings = [
         r for r in _runs_after(api, "train_model", None) if r["dag_run_id"] != BOOTSTRAP_RUN_ID
     ]
