@@ -25,10 +25,11 @@ A retrain the policy plans for later (``plan_retrain``, the ``label-aware`` poli
 ``train_model`` run created now, queued, with ``run_after`` its start time (the scheduler
 starts no run before its ``run_after``), a note saying why and when, and the logical date of
 its start day: the Airflow UI lists it with that date, it is a row of the metadata DB (a
-scheduler restart does not lose it), and once started it counts for the cooldown like any
-monitor-triggered run. Dedup of a scheduled retrain: at most one is pending (a queued run with
-a logical date from today on); an alert storm keeps the first one. A retrain for now does not
-count a pending scheduled run as "queued" (rule 1): a labelled performance drop trains at once.
+scheduler restart does not lose it), and from its start day on it counts for the cooldown
+like any monitor-triggered run. Dedup of a scheduled retrain: at most one is pending (a queued
+run with a logical date from today on); an alert storm keeps the first one. A retrain for now
+does not count a pending scheduled run as "queued" (rule 1): a labelled performance drop trains
+at once.
 """
 
 from __future__ import annotations
